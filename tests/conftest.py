@@ -22,3 +22,23 @@ def media_dir() -> Path:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT_ROOT
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect API for every test that runs flows (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread():
+    """Torch on one thread in tests: on 2 shared cores, contended OpenMP threads spin-wait and crawl."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,161 @@
+"""params.yaml parsed once into frozen, validated models; each stage receives its slice.
+
+An unknown or misspelled key anywhere is an error that names the key, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from model.config import ModelConfig
+from tasks.curate import CurateOptions
+from tasks.extract import FaceOptions, SideOptions
+from tasks.mask_table import MaskOptions
+from tasks.merge import MergeOptions
+from tasks.train import StageOptions
+
+Side = Literal["src", "dst"]
+SIDES: tuple[Side, ...] = ("src", "dst")
+STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_STAGE_NAMES = {"init"}
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, not YAML, or has a wrong or unknown key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExtractParams(Section):
+    faces: FaceOptions = Field(default_factory=FaceOptions)
+    src: SideOptions = Field(default_factory=SideOptions)
+    dst: SideOptions = Field(default_factory=SideOptions)
+
+    @field_validator("dst")
+    @classmethod
+    def check_dst_every_frame(cls, dst: SideOptions) -> SideOptions:
+        if not dst.samples_every_frame:
+            raise ValueError("the dst is extracted at every frame (merge swaps each one): remove fps/every_n from extract.dst")
+        return dst
+
+    def side(self, side: Side) -> SideOptions:
+        return self.src if side == "src" else self.dst
+
+
+class CurateParams(Section):
+    src: CurateOptions = Field(default_factory=CurateOptions)
+
+
+class TrainParams(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    stages: dict[str, StageOptions]
+
+    @field_validator("stages")
+    @classmethod
+    def check_stage_names(cls, stages: dict[str, StageOptions]) -> dict[str, StageOptions]:
+        if not stages:
+            raise ValueError("train.stages needs at least one stage, e.g. 'warp: {iterations: 1000}'")
+        for name in stages:
+            if not STAGE_NAME.match(name) or name in RESERVED_STAGE_NAMES:
+                raise ValueError(
+                    f"train stage name {name!r} must be lowercase letters, digits and _ (starting with a letter), not 'init'"
+                )
+        return stages
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.stages)
+
+    def previous_stage(self, name: str) -> str:
+        """The checkpoint a stage starts from: the stage before it, or the initial model."""
+        names = self.stage_names
+        index = names.index(name)
+        return names[index - 1] if index else "init"
+
+    @property
+    def final_stage(self) -> str:
+        return self.stage_names[-1]
+
+
+class ExportParams(Section):
+    name: str = "faceflow"  # exports/<name>.dfm
+
+    @field_validator("name")
+    @classmethod
+    def check_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"export.name {name!r} may only hold letters, digits, '_', '.', '-'")
+        return name
+
+
+class ServeParams(Section):
+    cron: str = "0 3 * * *"  # when the continue-training deployment runs (server time zone below)
+    timezone: str = "UTC"
+    continue_iterations: int = 1000  # iterations added to the last training stage per scheduled run
+    commit: bool = True  # commit params.yaml + dvc.lock after each scheduled run (a new pipeline revision)
+
+
+class Params(Section):
+    extract: ExtractParams = Field(default_factory=ExtractParams)
+    curate: CurateParams = Field(default_factory=CurateParams)
+    mask: MaskOptions = Field(default_factory=MaskOptions)
+    train: TrainParams
+    merge: MergeOptions = Field(default_factory=MergeOptions)
+    export: ExportParams = Field(default_factory=ExportParams)
+    serve: ServeParams = Field(default_factory=ServeParams)
+
+    @model_validator(mode="after")
+    def check_resolution_fits_crops(self) -> Params:
+        if self.train.model.resolution > self.extract.faces.size:
+            raise ValueError(
+                f"train.model.resolution ({self.train.model.resolution}) is larger than the extracted crops "
+                f"(extract.faces.size = {self.extract.faces.size}); lower the resolution or extract larger crops"
+            )
+        return self
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source} is not valid:"]
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
+            lines.append(f"  {key}: unknown key (misspelled? see the README for the valid keys)")
+        else:
+            lines.append(f"  {key}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(data: object, source: str = "params.yaml") -> Params:
+    """Validate already-loaded params data.
+
+    Raises:
+        ParamsError: naming every wrong or unknown key.
+    """
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ParamsError(format_validation_error(error, source)) from None
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate a params file.
+
+    Raises:
+        ParamsError: the file is missing, is not YAML, or has a wrong or unknown key.
+    """
+    if not path.is_file():
+        raise ParamsError(f"{path} not found; run faceflow from the project folder (where params.yaml is)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    return parse_params(data, str(path))

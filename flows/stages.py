@@ -1,0 +1,155 @@
+"""The pipeline's stages, declared once: dvc.yaml is rendered from here and params.yaml.
+
+Each stage lists exactly the params keys, code and data it depends on. The training chain comes
+from ``train.stages`` in params.yaml, so adding a stage there and running ``faceflow sync`` (or
+``faceflow run``, which syncs first) is all it takes.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+from pathlib import Path
+
+import yaml
+
+from flows.params import SIDES, Params
+
+logger = logging.getLogger(__name__)
+
+HEADER = "# Rendered from params.yaml by `faceflow sync`: edit params.yaml (train.stages) and flows/stages.py, not this file.\n"
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+STAGE_CODE_PACKAGES = {"tasks", "model"}
+
+
+def code_dependencies(flow_file: str) -> list[str]:
+    """A stage's code: its flow module plus every tasks/ and model/ module it imports, transitively.
+
+    Derived from the imports rather than listed by hand, so the list cannot drift from the code.
+    """
+    found: set[str] = set()
+    pending = [flow_file]
+    while pending:
+        tree = ast.parse((SOURCE_ROOT / pending.pop()).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in STAGE_CODE_PACKAGES:
+                path = node.module.replace(".", "/") + ".py"
+                if path not in found:
+                    found.add(path)
+                    pending.append(path)
+    return [flow_file, *sorted(found)]
+
+
+def faces_table(side: str) -> str:
+    return f"data/{side}/faces.lance"
+
+
+def masks_table(side: str) -> str:
+    return f"data/{side}/masks.lance"
+
+
+def checkpoint_dir(stage: str) -> str:
+    return f"checkpoints/{stage}"
+
+
+SELECTION = "data/src/selection.json"
+
+
+def training_inputs() -> list[str]:
+    return [faces_table("src"), masks_table("src"), SELECTION, faces_table("dst"), masks_table("dst")]
+
+
+def render_stages(params: Params) -> dict:
+    """The dvc.yaml document for these params."""
+    final = checkpoint_dir(params.train.final_stage)
+    stages: dict[str, dict] = {
+        "extract": {
+            "foreach": list(SIDES),
+            "do": {
+                "cmd": "faceflow stage extract ${item}",
+                "deps": ["data/raw/${item}", *code_dependencies("flows/extract.py")],
+                "params": ["extract.faces", "extract.${item}"],
+                # persist: extraction keeps finished sources between runs and redoes only what changed
+                "outs": [{"data/${item}/faces.lance": {"persist": True}}],
+            },
+        },
+        "curate": {
+            "foreach": ["src"],
+            "do": {
+                "cmd": "faceflow stage curate ${item}",
+                "deps": ["data/${item}/faces.lance", *code_dependencies("flows/curate.py")],
+                "params": ["curate.${item}"],
+                "outs": ["data/${item}/selection.json"],
+            },
+        },
+        "mask": {
+            "foreach": list(SIDES),
+            "do": {
+                "cmd": "faceflow stage mask ${item}",
+                "deps": ["data/${item}/faces.lance", *code_dependencies("flows/mask.py")],
+                "params": ["mask"],
+                "outs": ["data/${item}/masks.lance"],
+            },
+        },
+        "init": {
+            "cmd": "faceflow stage init",
+            "deps": code_dependencies("flows/init_model.py"),
+            "params": ["train.model"],
+            "outs": [checkpoint_dir("init")],
+        },
+        "train": {
+            "foreach": {name: {"previous": params.train.previous_stage(name)} for name in params.train.stage_names},
+            "do": {
+                "cmd": "faceflow stage train ${key}",
+                "deps": ["checkpoints/${item.previous}", *training_inputs(), *code_dependencies("flows/train.py")],
+                "params": ["train.model", "train.stages.${key}"],
+                "outs": ["checkpoints/${key}", "logs/${key}"],
+                "metrics": [{"metrics/train/${key}.json": {"cache": False}}],
+            },
+        },
+        "merge": {
+            "cmd": "faceflow stage merge",
+            "deps": [final, "data/raw/dst", faces_table("dst"), *code_dependencies("flows/merge.py")],
+            "params": ["merge"],
+            "outs": ["renders"],
+            "metrics": [{"metrics/merge.json": {"cache": False}}],
+        },
+        "export": {
+            "cmd": "faceflow stage export",
+            "deps": [final, *code_dependencies("flows/export.py")],
+            "params": ["export"],
+            "outs": ["exports"],
+            "metrics": [{"metrics/export.json": {"cache": False}}],
+        },
+    }
+    return {"stages": stages}
+
+
+def stage_order(params: Params) -> list[str]:
+    """Every stage name as DVC knows it, in an order that respects the dependencies."""
+    names = [f"extract@{side}" for side in SIDES] + ["curate@src"] + [f"mask@{side}" for side in SIDES] + ["init"]
+    names += [f"train@{name}" for name in params.train.stage_names]
+    return names + ["merge", "export"]
+
+
+def render_dvc_yaml(params: Params) -> str:
+    return HEADER + yaml.safe_dump(render_stages(params), sort_keys=False, default_flow_style=False, width=120)
+
+
+def sync_dvc_yaml(params: Params, root: Path) -> bool:
+    """Rewrite dvc.yaml when it does not match params.yaml; returns whether it changed."""
+    path = root / "dvc.yaml"
+    wanted = render_dvc_yaml(params)
+    if path.exists() and path.read_text() == wanted:
+        return False
+    path.write_text(wanted)
+    logger.info("dvc.yaml updated from params.yaml (training stages: %s)", ", ".join(params.train.stage_names))
+    return True
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    """A stage's metrics file (DVC metrics: compared across revisions by ``dvc metrics diff``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

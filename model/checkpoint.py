@@ -1,0 +1,265 @@
+"""Checkpoints as safetensors + JSON: no pickles, checksummed, written atomically.
+
+A checkpoint directory holds:
+    model.safetensors      the model's state_dict
+    optimizer.safetensors  the optimizer's per-parameter tensors, as "state.<index>.<name>" (optional)
+    checkpoint.json        format version, model config, training state, optimizer param groups and
+                           non-tensor per-parameter values, and the sha256 and size of each safetensors file
+
+Every file is written to a temporary name in the same directory, fsynced and renamed over the old one;
+checkpoint.json goes last, so a checkpoint interrupted while saving fails its checksum on load instead
+of silently mixing old and new weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from model.config import ModelConfig
+from model.networks import SwapAutoencoder, build_model
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+MANIFEST_FILE = "checkpoint.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, corrupt or incompatible; the message names the file and the remedy."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint directory holds, rebuilt.
+
+    Attributes:
+        model: The model, rebuilt from ``config`` and loaded with the saved weights (eval mode).
+        config: The model's hyperparameters as saved.
+        state: The training state, e.g. {"iteration": int, "stage": str, ...}.
+        optimizer_state: An ``optimizer.state_dict()``-shaped dict, or None when none was saved.
+    """
+
+    model: SwapAutoencoder
+    config: ModelConfig
+    state: dict[str, Any]
+    optimizer_state: dict[str, Any] | None
+
+
+def write_atomically(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # os.open with mode 0o666 lets the umask decide the permissions, as for any other file written.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory so the renames in it survive a power cut (a no-op where unsupported)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into safetensors tensors and a JSON-able remainder."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state_dict["state"].items():
+        scalars[str(index)] = {}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[str(index)][name] = value
+    param_groups = []
+    for group in state_dict["param_groups"]:
+        param_groups.append({
+            key: (float(value) if isinstance(value, torch.Tensor) else value) for key, value in group.items()
+        })
+    return tensors, {"param_groups": param_groups, "scalars": scalars}
+
+
+def join_optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild an ``optimizer.state_dict()`` from its safetensors tensors and JSON remainder."""
+    state: dict[int, dict[str, Any]] = {int(index): dict(values) for index, values in saved["scalars"].items()}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    param_groups = []
+    for group in saved["param_groups"]:
+        # JSON has no tuples; optimizers declare e.g. betas as tuples, "params" stays a list.
+        param_groups.append({
+            key: (tuple(value) if isinstance(value, list) and key != "params" else value)
+            for key, value in group.items()
+        })
+    return {"state": state, "param_groups": param_groups}
+
+
+def save_checkpoint(
+    directory: Path,
+    model: SwapAutoencoder,
+    config: ModelConfig,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Save a model (and optionally its optimizer) as a checkpoint directory.
+
+    Args:
+        directory: Where to write; created if missing. Existing checkpoint files are replaced.
+        model: The model whose state_dict is saved.
+        config: The model's hyperparameters, saved so the checkpoint rebuilds its own model.
+        state: JSON-able training state, e.g. {"iteration": 1000, "stage": "warmup"}.
+        optimizer: Saved too when given, so training can resume with its moments.
+
+    Returns:
+        The path of checkpoint.json.
+
+    Raises:
+        CheckpointError: ``state`` or the optimizer's settings are not JSON-able.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "state": state,
+                                "files": {}}
+    tensor_files = {MODEL_FILE: {name: value.detach().contiguous().cpu() for name, value in model.state_dict().items()}}
+    if optimizer is not None:
+        optimizer_tensors, manifest["optimizer"] = split_optimizer_state(optimizer)
+        tensor_files[OPTIMIZER_FILE] = optimizer_tensors
+    try:
+        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()  # fail before writing anything
+    except TypeError as error:
+        raise CheckpointError(f"cannot save checkpoint in {directory}: state is not JSON-able ({error}); "
+                              "pass only numbers, strings, lists and dicts") from error
+    for name, tensors in tensor_files.items():
+        payload = save_safetensors(tensors, metadata={"format_version": str(FORMAT_VERSION)})
+        write_atomically(directory / name, payload)
+        manifest["files"][name] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+    if optimizer is None:
+        # A stale optimizer file from an earlier save must not be mistaken for this model's.
+        (directory / OPTIMIZER_FILE).unlink(missing_ok=True)
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    manifest_path = directory / MANIFEST_FILE
+    write_atomically(manifest_path, manifest_bytes)
+    sync_directory(directory)
+    logger.info("saved checkpoint %s (iteration %s)", directory, state.get("iteration"))
+    return manifest_path
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read and sanity-check checkpoint.json, raising CheckpointError naming it on any problem."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: {directory} is not a checkpoint directory; "
+                              "point to a directory written by training, or train the stage first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); the checkpoint is corrupt: "
+                              "delete it and re-run training") from error
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {version!r}, this faceflow reads {FORMAT_VERSION}; "
+                              "use the faceflow version that wrote it or retrain")
+    for key in ("config", "state", "files"):
+        if key not in manifest:
+            raise CheckpointError(f"{path} lacks the {key!r} entry; the checkpoint is corrupt: re-run training")
+    return manifest
+
+
+def read_checkpoint_config(directory: Path) -> ModelConfig:
+    """Read only the model config of a checkpoint (no weights are loaded).
+
+    Raises:
+        CheckpointError: checkpoint.json is missing, corrupt or holds an invalid config.
+    """
+    manifest = read_manifest(directory)
+    try:
+        return ModelConfig.from_dict(manifest["config"])
+    except ValueError as error:
+        raise CheckpointError(f"{Path(directory) / MANIFEST_FILE}: invalid model config ({error}); "
+                              "the checkpoint was written by another faceflow version or edited") from error
+
+
+def read_verified_tensors(directory: Path, name: str, expected: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
+    """Read one safetensors file, check its size and sha256 against the manifest, and load it."""
+    path = Path(directory) / name
+    remedy = "the checkpoint is damaged: restore it from a backup or re-run the training stage"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {remedy}")
+    payload = path.read_bytes()
+    if len(payload) != expected.get("bytes"):
+        raise CheckpointError(f"{path} has {len(payload)} bytes, checkpoint.json expects {expected.get('bytes')} "
+                              f"(truncated or overwritten); {remedy}")
+    if hashlib.sha256(payload).hexdigest() != expected.get("sha256"):
+        raise CheckpointError(f"{path} fails its sha256 check; {remedy}")
+    try:
+        tensors = load_safetensors(payload)
+    except Exception as error:  # safetensors raises its own error types for malformed headers
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); {remedy}") from error
+    return {key: tensor.to(device) for key, tensor in tensors.items()}
+
+
+def load_checkpoint(directory: Path, device: str = "cpu") -> Checkpoint:
+    """Load a checkpoint directory, rebuilding the model from the config saved in it.
+
+    Args:
+        directory: A directory written by ``save_checkpoint``.
+        device: Where to put the model and optimizer tensors, e.g. "cpu" or "cuda".
+
+    Returns:
+        The checkpoint with the model in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: A file is missing, truncated, fails its checksum, or does not fit the model.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    config = read_checkpoint_config(directory)
+    files = manifest["files"]
+    if MODEL_FILE not in files:
+        raise CheckpointError(f"{directory / MANIFEST_FILE} lists no {MODEL_FILE}; re-run training")
+    weights = read_verified_tensors(directory, MODEL_FILE, files[MODEL_FILE], device)
+    model = build_model(config).to(device)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{directory / MODEL_FILE} does not match the model its checkpoint.json describes "
+                              f"({error}); the checkpoint is inconsistent: re-run training") from error
+    model.eval()
+    optimizer_state = None
+    if "optimizer" in manifest:
+        if OPTIMIZER_FILE not in files:
+            raise CheckpointError(f"{directory / MANIFEST_FILE} has optimizer settings but lists no "
+                                  f"{OPTIMIZER_FILE}; re-run training")
+        # Kept on the CPU: optimizer.load_state_dict moves each tensor to its parameter's device itself,
+        # and Adam wants its "step" counters on the CPU unless it runs in capturable mode.
+        tensors = read_verified_tensors(directory, OPTIMIZER_FILE, files[OPTIMIZER_FILE], "cpu")
+        optimizer_state = join_optimizer_state(tensors, manifest["optimizer"])
+    logger.info("loaded checkpoint %s (iteration %s)", directory, manifest["state"].get("iteration"))
+    return Checkpoint(model=model, config=config, state=manifest["state"], optimizer_state=optimizer_state)

@@ -1,0 +1,294 @@
+"""Extraction: decode videos and photos, find faces, align them and append them to a faces table.
+
+The table remembers which sources it holds (by content hash) and with which settings, so a rerun
+skips finished sources, redoes a source that was interrupted, drops sources that were removed, and
+rebuilds everything when the face settings change. A source that fails midway keeps the faces it
+gave before the failure, and the failure is reported with the file's name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import ConfigDict, with_config
+
+from tasks.align import FaceType, compute_alignment, warp_to_crop
+from tasks.detect import DetectedFace, DetectorKind, FaceAnalyzer, create_analyzer
+from tasks.faceset import (
+    FACES_SCHEMA,
+    SETTINGS_KEY,
+    FacesetError,
+    SOURCES_KEY,
+    append_rows,
+    create_empty_table,
+    hash_file,
+    open_faces,
+    read_json_metadata,
+    write_json_metadata,
+)
+from tasks.images import IMAGE_SUFFIXES, ImageError, list_media, read_image
+from tasks.pose import estimate_pose
+from tasks.scores import score_crop
+from tasks.tracking import FaceTracker
+from tasks.video import VideoError, iter_frames, probe_video
+
+logger = logging.getLogger(__name__)
+
+AnalyzerName = Literal["dlib"]
+ROWS_PER_COMMIT = 256
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass(frozen=True)
+class FaceOptions:
+    """How faces are aligned and stored (params.yaml ``extract.faces``; shared by src and dst)."""
+
+    analyzer: AnalyzerName = "dlib"
+    face_type: FaceType = "whole_face"
+    size: int = 256  # aligned crop size in pixels
+    jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        if self.size < 32 or self.size % 2:
+            raise ValueError(f"extract.faces.size must be an even number >= 32, got {self.size}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"extract.faces.jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass(frozen=True)
+class SideOptions:
+    """How one side's sources are read and searched (params.yaml ``extract.src`` / ``extract.dst``)."""
+
+    detector: DetectorKind = "hog"
+    upsample: int = 1  # detector upsampling passes: finds smaller faces, costs time
+    min_face_size: int = 40  # faces whose box is smaller (px) are ignored
+    max_faces: int = 1  # per frame, largest first; 0 keeps every face
+    embeddings: bool = True  # 128-D identity descriptor per face
+    fps: float | None = None  # sample videos at this rate; None keeps every frame
+    every_n: int = 1  # then keep every n-th sampled frame
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be positive or null, got {self.fps}")
+        if self.every_n < 1 or self.upsample < 0 or self.max_faces < 0 or self.min_face_size < 0:
+            raise ValueError("every_n must be >= 1; upsample, max_faces and min_face_size must be >= 0")
+
+    @property
+    def samples_every_frame(self) -> bool:
+        return self.fps is None and self.every_n == 1
+
+
+@dataclass
+class SourceReport:
+    """What extraction did with one source file."""
+
+    path: str
+    source_id: str
+    frames: int = 0
+    faces: int = 0
+    status: Literal["complete", "failed"] = "complete"
+    error: str | None = None
+    skipped: bool = False
+
+
+@dataclass
+class ExtractionPlan:
+    """Sources still to extract (path -> source id) and sources already complete in the table."""
+
+    pending: dict[Path, str] = field(default_factory=dict)
+    done: dict[str, dict] = field(default_factory=dict)
+
+
+def settings_fingerprint(faces: FaceOptions, side: SideOptions) -> dict:
+    return {"faces": asdict(faces), "side": asdict(side), "schema": FACES_SCHEMA.to_string()}
+
+
+def plan_extraction(raw_dir: Path, table_path: Path, settings: dict, root: Path) -> ExtractionPlan:
+    """Make the table ready for this run and say which sources still need extracting.
+
+    A table made with other settings (or unreadable) is rebuilt; rows of sources that are
+    incomplete, failed, changed or no longer present are deleted, so rerunning after an
+    interruption never duplicates faces.
+    """
+    videos, images = list_media(raw_dir) if raw_dir.exists() else ([], [])
+    current = {hash_file(path): path for path in videos + images}
+
+    recorded: dict[str, dict] | None = None
+    if table_path.exists():
+        try:
+            dataset = open_faces(table_path)
+        except FacesetError as error:
+            logger.warning("rebuilding %s: %s", table_path, error)
+        else:
+            if read_json_metadata(dataset, SETTINGS_KEY) == settings:
+                recorded = read_json_metadata(dataset, SOURCES_KEY) or {}
+            else:
+                logger.info("extraction settings changed: rebuilding %s", table_path)
+    if recorded is None:
+        create_empty_table(table_path, FACES_SCHEMA, {SETTINGS_KEY: settings, SOURCES_KEY: {}})
+        recorded = {}
+
+    keep = {
+        source_id: record
+        for source_id, record in recorded.items()
+        if record.get("status") == "complete" and source_id in current
+    }
+    # rows of anything not kept: removed or changed sources, failed ones, and an interrupted one never recorded
+    leftover = f"source_id NOT IN ({', '.join(repr(source_id) for source_id in keep)})" if keep else "true"
+    dataset = open_faces(table_path)
+    if dataset.count_rows(filter=leftover):
+        dataset.delete(leftover)
+        logger.info("dropped the faces of removed, changed or unfinished sources from %s", table_path)
+    if keep != recorded:
+        write_json_metadata(table_path, SOURCES_KEY, keep)
+    return ExtractionPlan(
+        pending={path: source_id for source_id, path in current.items() if source_id not in keep},
+        done=keep,
+    )
+
+
+def relative_path(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def iter_source_frames(path: Path, side: SideOptions) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame_index, timestamp, bgr) for a video, or one frame for a photo."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        yield 0, 0.0, read_image(path)
+        return
+    yield from iter_frames(path, every_n=side.every_n, fps=side.fps)
+
+
+def expected_frames(path: Path, side: SideOptions) -> int | None:
+    """How many frames extraction will analyse in a source (for progress), None if unknown."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return 1
+    try:
+        info = probe_video(path)
+    except VideoError:
+        return None
+    sampled = info.frame_count if side.fps is None else info.frame_count * min(1.0, side.fps / float(info.fps))
+    return max(1, int(sampled) // side.every_n)
+
+
+def build_face_row(
+    frame: np.ndarray,
+    face: DetectedFace,
+    analyzer: FaceAnalyzer,
+    options: FaceOptions,
+    embed: bool,
+    source: tuple[str, str],
+    position: tuple[int, float, int, int],
+) -> dict:
+    """One faces-table row for a detected face (alignment, crop, pose, scores, embedding)."""
+    source_id, source_path = source
+    frame_index, timestamp, face_index, track_id = position
+    matrix = compute_alignment(face.landmarks, options.face_type, options.size)
+    crop = warp_to_crop(frame, matrix, options.size)
+    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
+    if not ok:
+        raise RuntimeError(f"JPEG encoding failed for a face in {source_path} frame {frame_index}")
+    yaw, pitch, roll = estimate_pose(face.landmarks, frame.shape[:2])
+    scores = score_crop(crop)
+    embedding = analyzer.embed(frame, face).astype(np.float32).tolist() if embed else None
+    return {
+        "face_id": f"{source_id}-{frame_index:06d}-{face_index:02d}",
+        "source_id": source_id,
+        "source_path": source_path,
+        "frame_index": frame_index,
+        "timestamp": float(timestamp),
+        "face_index": face_index,
+        "track_id": track_id,
+        "bbox": [float(value) for value in face.bbox],
+        "detector_score": float(face.score),
+        "landmarks": face.landmarks.astype(np.float32).reshape(-1).tolist(),
+        "matrix": np.asarray(matrix, dtype=np.float32).reshape(-1).tolist(),
+        "face_type": options.face_type,
+        "crop_size": options.size,
+        "image": jpeg.tobytes(),
+        "yaw": float(yaw),
+        "pitch": float(pitch),
+        "roll": float(roll),
+        **scores,
+        "embedding": embedding,
+    }
+
+
+def extract_source(
+    path: Path,
+    source_id: str,
+    table_path: Path,
+    analyzer: FaceAnalyzer,
+    faces_options: FaceOptions,
+    side: SideOptions,
+    root: Path,
+    on_frame=None,
+) -> SourceReport:
+    """Extract every face of one video or photo into the table and record the source.
+
+    Decoding errors do not lose work: faces found before the error are kept, and the source is
+    recorded as failed with the error (so the next run retries it).
+    """
+    source_path = relative_path(path, root)
+    report = SourceReport(path=source_path, source_id=source_id)
+    tracker = FaceTracker()
+    pending: list[dict] = []
+    try:
+        for frame_index, timestamp, frame in iter_source_frames(path, side):
+            faces = analyzer.detect(frame)
+            if side.max_faces:
+                faces = faces[: side.max_faces]
+            track_ids = tracker.assign([face.bbox for face in faces])
+            for face_index, (face, track_id) in enumerate(zip(faces, track_ids, strict=True)):
+                position = (frame_index, timestamp, face_index, track_id)
+                row = build_face_row(frame, face, analyzer, faces_options, side.embeddings, (report.source_id, source_path), position)
+                pending.append(row)
+            report.frames += 1
+            if len(pending) >= ROWS_PER_COMMIT:
+                report.faces += _flush(table_path, pending)
+            if on_frame is not None:
+                on_frame()
+    except (VideoError, ImageError) as error:
+        report.status, report.error = "failed", str(error)
+    report.faces += _flush(table_path, pending)
+    record_source(table_path, report)
+    return report
+
+
+def _flush(table_path: Path, rows: list[dict]) -> int:
+    count = len(rows)
+    append_rows(table_path, rows, FACES_SCHEMA)
+    rows.clear()
+    return count
+
+
+def record_source(table_path: Path, report: SourceReport) -> None:
+    dataset = open_faces(table_path)
+    sources = read_json_metadata(dataset, SOURCES_KEY) or {}
+    sources[report.source_id] = {
+        "path": report.path,
+        "frames": report.frames,
+        "faces": report.faces,
+        "status": report.status,
+        "error": report.error,
+    }
+    write_json_metadata(table_path, SOURCES_KEY, sources)
+
+
+def create_face_analyzer(faces: FaceOptions, side: SideOptions) -> FaceAnalyzer:
+    return create_analyzer(faces.analyzer, detector=side.detector, upsample=side.upsample, min_size=side.min_face_size)
+
+
+def summarize(reports: list[SourceReport]) -> str:
+    return json.dumps([asdict(report) for report in reports], indent=2)

@@ -1,0 +1,152 @@
+"""Tests for model/checkpoint.py: round trips, checksums, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from model.checkpoint import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from model.config import ModelConfig
+from model.networks import SwapAutoencoder, build_model
+
+TINY = ModelConfig(resolution=32, ae_dims=16, e_dims=4, d_dims=4, d_mask_dims=2)
+STATE = {"iteration": 7, "stage": "warmup", "seed": 3, "history": ["warmup"]}
+
+
+def trained_model_and_optimizer() -> tuple[SwapAutoencoder, torch.optim.Adam]:
+    """A tiny model after two Adam steps, so the optimizer has moments and step counts."""
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.99))
+    for _ in range(2):
+        optimizer.zero_grad()
+        face, mask = model(torch.rand(2, 3, 32, 32), "src")
+        (face.mean() + mask.mean()).backward()
+        optimizer.step()
+    return model, optimizer
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, SwapAutoencoder, torch.optim.Adam]:
+    model, optimizer = trained_model_and_optimizer()
+    save_checkpoint(tmp_path / "ckpt", model, TINY, STATE, optimizer)
+    return tmp_path / "ckpt", model, optimizer
+
+
+def test_round_trip_rebuilds_the_model_from_the_files_alone(saved) -> None:
+    directory, model, _ = saved
+    assert sorted(path.name for path in directory.iterdir()) == [MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE]
+    checkpoint = load_checkpoint(directory)
+    assert checkpoint.config == TINY
+    assert checkpoint.state == STATE
+    assert not checkpoint.model.training
+    images = torch.rand(3, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        for expected, actual in zip(model.swap(images), checkpoint.model.swap(images), strict=True):
+            assert torch.equal(expected, actual)
+    assert read_checkpoint_config(directory) == TINY
+
+
+def test_optimizer_state_resumes_exactly(saved) -> None:
+    directory, model, optimizer = saved
+    checkpoint = load_checkpoint(directory)
+    resumed = torch.optim.Adam(checkpoint.model.parameters(), lr=0.5)
+    resumed.load_state_dict(checkpoint.optimizer_state)
+    assert resumed.param_groups[0]["betas"] == (0.5, 0.99)
+    assert resumed.param_groups[0]["lr"] == 1e-3
+    # One more identical step on both must give identical weights.
+    images = torch.rand(2, 3, 32, 32)
+    model.train()
+    checkpoint.model.train()
+    for net, opt in ((model, optimizer), (checkpoint.model, resumed)):
+        opt.zero_grad()
+        face, mask = net(images, "dst")
+        (face.mean() + mask.mean()).backward()
+        opt.step()
+    resumed_weights = checkpoint.model.state_dict()
+    for name, expected in model.state_dict().items():
+        assert torch.equal(expected, resumed_weights[name]), name
+
+
+def test_files_are_safetensors_and_json_with_checksums(saved) -> None:
+    directory, _, _ = saved
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    assert manifest["config"] == TINY.to_dict()
+    assert set(manifest["files"]) == {MODEL_FILE, OPTIMIZER_FILE}
+    assert len(manifest["files"][MODEL_FILE]["sha256"]) == 64
+    with safe_open(str(directory / MODEL_FILE), framework="pt") as handle:
+        assert "inter.dense1.weight" in handle.keys()
+    with safe_open(str(directory / OPTIMIZER_FILE), framework="pt") as handle:
+        assert "state.0.exp_avg" in handle.keys()
+
+
+def test_corrupted_model_file_is_detected(saved) -> None:
+    directory, _, _ = saved
+    payload = bytearray((directory / MODEL_FILE).read_bytes())
+    payload[-10] ^= 0xFF  # flip one weight byte; size unchanged
+    (directory / MODEL_FILE).write_bytes(bytes(payload))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its sha256 check"):
+        load_checkpoint(directory)
+
+
+def test_truncated_model_file_is_detected(saved) -> None:
+    directory, _, _ = saved
+    payload = (directory / MODEL_FILE).read_bytes()
+    (directory / MODEL_FILE).write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors has \d+ bytes.*truncated"):
+        load_checkpoint(directory)
+
+
+def test_missing_files_are_named(saved) -> None:
+    directory, _, _ = saved
+    (directory / OPTIMIZER_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"optimizer\.safetensors is missing"):
+        load_checkpoint(directory)
+    (directory / MANIFEST_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"checkpoint\.json not found"):
+        load_checkpoint(directory)
+
+
+def test_corrupt_or_foreign_manifest_is_rejected(saved) -> None:
+    directory, _, _ = saved
+    manifest_path = directory / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(directory)
+    manifest_path.write_text(json.dumps({**manifest, "config": {**manifest["config"], "ae_dims": 32}}))
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        load_checkpoint(directory)
+    manifest_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.json is not valid JSON"):
+        read_checkpoint_config(directory)
+
+
+def test_saving_without_optimizer_removes_a_stale_one_and_leaves_no_temp_files(saved) -> None:
+    directory, model, _ = saved
+    save_checkpoint(directory, model, TINY, {**STATE, "iteration": 8})
+    assert sorted(path.name for path in directory.iterdir()) == [MANIFEST_FILE, MODEL_FILE]
+    checkpoint = load_checkpoint(directory)
+    assert checkpoint.optimizer_state is None
+    assert checkpoint.state["iteration"] == 8
+
+
+def test_unserialisable_state_fails_before_touching_the_checkpoint(saved) -> None:
+    directory, model, _ = saved
+    before = {path.name: path.read_bytes() for path in directory.iterdir()}
+    with pytest.raises(CheckpointError, match="not JSON-able"):
+        save_checkpoint(directory, model, TINY, {"iteration": 1, "when": object()})
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == before

@@ -1,0 +1,54 @@
+"""Curation thresholds on a real faceset, and the selection file round trip."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tasks.curate import CurateOptions, curate_faces
+from tasks.extract import FaceOptions, SideOptions, create_face_analyzer, extract_source, plan_extraction, settings_fingerprint
+from tasks.faceset import finalize_table, open_faces
+from tasks.selection import Selection
+
+
+@pytest.fixture(scope="module")
+def faces_table(tmp_path_factory, media_dir):
+    root = tmp_path_factory.mktemp("curate")
+    raw = root / "raw"
+    raw.mkdir()
+    for name in ("identities/barack_obama/obama.jpg", "identities/barack_obama/obama_small.jpg", "misc/blur.jpg"):
+        shutil.copy(media_dir / "photos" / name, raw / name.replace("/", "_"))
+    faces, side = FaceOptions(size=96), SideOptions(embeddings=False, max_faces=0)
+    table = root / "faces.lance"
+    plan = plan_extraction(raw, table, settings_fingerprint(faces, side), root)
+    analyzer = create_face_analyzer(faces, side)
+    for path, source_id in plan.pending.items():
+        extract_source(path, source_id, table, analyzer, faces, side, root)
+    finalize_table(table)
+    return table
+
+
+def test_thresholds_leave_out_small_and_blurry_faces_with_reasons(faces_table, tmp_path):
+    everything = curate_faces(faces_table, CurateOptions(min_face_size=0, blur_threshold=0))
+    assert everything.rejected == {} and len(everything.kept) >= 3
+    rows = open_faces(faces_table).to_table(columns=["face_id", "bbox", "blur"]).to_pylist()
+    sizes = {row["face_id"]: min(row["bbox"][2] - row["bbox"][0], row["bbox"][3] - row["bbox"][1]) for row in rows}
+    cut = (min(sizes.values()) + max(sizes.values())) / 2
+    strict = curate_faces(faces_table, CurateOptions(min_face_size=int(cut), blur_threshold=0))
+    assert set(strict.rejected) == {face_id for face_id, size in sizes.items() if size < int(cut)} != set()
+    assert all(reason.startswith("small") for reason in strict.rejected.values())
+    sharpest = max(row["blur"] for row in rows)
+    assert curate_faces(faces_table, CurateOptions(min_face_size=0, blur_threshold=sharpest)).kept == [
+        row["face_id"] for row in rows if row["blur"] >= sharpest
+    ]
+    blur = curate_faces(faces_table, CurateOptions(min_face_size=0, blur_threshold=1e9))
+    assert not blur.kept and all(reason.startswith("blurry") for reason in blur.rejected.values())
+    strict.save(tmp_path / "selection.json")
+    assert Selection.load(tmp_path / "selection.json") == strict
+
+
+def test_unknown_selection_format_is_refused(tmp_path):
+    (tmp_path / "selection.json").write_text('{"version": 99}')
+    with pytest.raises(ValueError, match="re-run the curate stage"):
+        Selection.load(tmp_path / "selection.json")

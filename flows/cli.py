@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from flows.params import SIDES, Side
 
@@ -35,21 +36,22 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from flows.params import ParamsError
     from flows.pipeline import StageFailed
     from model.checkpoint import CheckpointError
+    from tasks.detect import ModelFileError
     from tasks.export import ExportError
     from tasks.faceset import FacesetError
-    from tasks.train import EmptyFacesetError
+    from tasks.images import ImageError
+    from tasks.train import ConfigMismatchError, EmptyFacesetError
     from tasks.video import VideoError
 
-    return (ParamsError, ExtractionError, StageFailed, CheckpointError, ExportError, FacesetError, EmptyFacesetError, VideoError,
-            FileNotFoundError, KeyError)
+    return (ParamsError, ExtractionError, StageFailed, CheckpointError, ExportError, FacesetError, EmptyFacesetError,
+            ConfigMismatchError, VideoError, ImageError, ModelFileError, FileNotFoundError)
 
 
 def run_reporting_errors(function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except user_errors() as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
 
 

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.settings import get_current_settings
 
-from flows.params import load_params
+from flows.params import ParamsError, load_params
 from flows.stages import stage_order, sync_dvc_yaml
 
 
@@ -43,7 +43,7 @@ def inspect_stage(root: Path, name: str) -> StageStatus:
     with Repo(str(root)) as repo, repo.lock:
         stage = next((stage for stage in repo.index.stages if stage.name == name), None)
         if stage is None:
-            raise KeyError(f"dvc.yaml has no stage {name!r}; run `faceflow sync`")
+            raise ParamsError(f"{root / 'dvc.yaml'} has no stage {name!r}; run `faceflow sync`")
         changed = bool(stage.changed())
         dependencies = {}
         for dependency in stage.deps:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.params import load_params
+from flows.params import ParamsError, load_params
 from flows.stages import SELECTION, checkpoint_dir, faces_table, masks_table, write_metrics
 from model.checkpoint import read_manifest
 from tasks.selection import Selection
@@ -70,7 +70,8 @@ def train_flow(stage: str, root: Path | None = None) -> dict:
     root = (root or Path.cwd()).resolve()
     train = load_params(root / "params.yaml").train
     if stage not in train.stages:
-        raise KeyError(f"train stage {stage!r} is not in params.yaml train.stages ({', '.join(train.stages)})")
+        raise ParamsError(f"train stage {stage!r} is not in params.yaml train.stages ({', '.join(train.stages)}); "
+                          "run `faceflow sync` after editing the stages")
     options, config, previous = train.stages[stage], train.model, train.previous_stage(stage)
     data = load_training_data(root, config.resolution)
     logger.info("read %d src and %d dst faces; starting from %s", len(data.src_faces), len(data.dst_faces), checkpoint_dir(previous))

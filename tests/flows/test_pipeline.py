@@ -19,7 +19,7 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_outputs_of_a_full_run(pipeline_project, media_dir):
+def test_outputs_of_a_full_run(pipeline_project):
     root = pipeline_project.root
     render = root / "renders" / "dst_pexels_7154235.mp4"
     source, output = probe_video(root / DST_CLIP), probe_video(render)

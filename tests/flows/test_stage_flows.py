@@ -10,6 +10,7 @@ import pytest
 from flows.curate import curate_flow
 from flows.extract import ExtractionError, extract_flow
 from flows.mask import mask_flow
+from flows.params import ParamsError
 from flows.train import train_flow
 from tasks.faceset import open_faces, open_masks
 from tasks.train import EmptyFacesetError
@@ -64,5 +65,5 @@ def test_corrupt_video_is_named_and_good_faces_are_kept(project, media_dir):
 
 
 def test_unknown_training_stage_is_named(project):
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ParamsError, match="nope"):
         train_flow("nope", project)

@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.params import ParamsError, load_params
+from flows.progress import progress_enabled
 from flows.stages import SELECTION, checkpoint_dir, faces_table, masks_table, write_metrics
 from model.checkpoint import read_manifest
 from tasks.selection import Selection
@@ -86,7 +87,7 @@ def train_flow(stage: str, root: Path | None = None) -> dict:
 
     output, logs = root / checkpoint_dir(stage), root / "logs" / stage
     if run_options.iterations > 0:
-        result = train_stage(data, config, run_options, stage, output, logs, init_checkpoint=start)
+        result = train_stage(data, config, run_options, stage, output, logs, init_checkpoint=start, progress=progress_enabled())
         metrics = {**result.metrics, "iterations": result.iterations}
     else:  # already trained to the target: the stored run is the result
         shutil.copytree(store, output, dirs_exist_ok=True, ignore=shutil.ignore_patterns("lineage.json"))

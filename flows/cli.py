@@ -36,6 +36,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from flows.params import ParamsError
     from flows.pipeline import StageFailed
     from model.checkpoint import CheckpointError
+    from tasks.decisions import DecisionsError
     from tasks.detect import ModelFileError
     from tasks.export import ExportError
     from tasks.faceset import FacesetError
@@ -44,7 +45,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tasks.video import VideoError
 
     return (ParamsError, ExtractionError, StageFailed, CheckpointError, ExportError, FacesetError, EmptyFacesetError,
-            ConfigMismatchError, VideoError, ImageError, ModelFileError, FileNotFoundError)
+            ConfigMismatchError, VideoError, ImageError, ModelFileError, DecisionsError, FileNotFoundError)
 
 
 def run_reporting_errors(function, *args, **kwargs):
@@ -75,6 +76,14 @@ def stage_curate(side: str, root: Root = Path(".")) -> None:
     from flows.curate import curate_flow
 
     run_reporting_errors(curate_flow, check_side(side), root.resolve())
+
+
+@stage_app.command("coverage")
+def stage_coverage(root: Root = Path(".")) -> None:
+    """coverage: src against dst pose coverage -> reports/coverage.md and .png."""
+    from flows.coverage import coverage_flow
+
+    run_reporting_errors(coverage_flow, root.resolve())
 
 
 @stage_app.command("mask")

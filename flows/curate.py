@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from flows.params import load_params
 from tasks.curate import curate_faces
+from tasks.decisions import load_rejects
 
 
 @flow(name="curate", log_prints=True)
@@ -17,8 +18,10 @@ def curate_flow(side: str = "src", root: Path | None = None) -> dict:
     root = (root or Path.cwd()).resolve()
     options = getattr(load_params(root / "params.yaml").curate, side)
     faces, output = root / "data" / side / "faces.lance", root / "data" / side / "selection.json"
-    logger.info("read %s", faces)
-    selection = curate_faces(faces, options)
+    rejects_path = root / "data" / side / "rejects.yaml"
+    rejects = load_rejects(rejects_path)
+    logger.info("read %s and %d hand decisions from %s", faces, len(rejects), rejects_path)
+    selection = curate_faces(faces, options, rejects)
     selection.save(output)
     reasons: dict[str, int] = {}
     for reason in selection.rejected.values():

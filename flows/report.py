@@ -22,6 +22,7 @@ def list_outputs(root: Path) -> dict[str, list[Path]]:
         "checkpoint": [root / checkpoint_dir(final)],
         "preview": sorted((root / checkpoint_dir(final)).glob("preview.png")),
         "tensorboard logs": [root / "logs"],
+        "pose coverage": sorted((root / "reports").glob("coverage.*")),
         "metrics": sorted((root / "metrics").rglob("*.json")),
     }
 

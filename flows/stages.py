@@ -79,10 +79,15 @@ def render_stages(params: Params) -> dict:
             "foreach": ["src"],
             "do": {
                 "cmd": "faceflow stage curate ${item}",
-                "deps": ["data/${item}/faces.lance", *code_dependencies("flows/curate.py")],
+                "deps": ["data/${item}/faces.lance", "data/${item}/rejects.yaml", *code_dependencies("flows/curate.py")],
                 "params": ["curate.${item}"],
                 "outs": ["data/${item}/selection.json"],
             },
+        },
+        "coverage": {
+            "cmd": "faceflow stage coverage",
+            "deps": [faces_table("src"), SELECTION, faces_table("dst"), *code_dependencies("flows/coverage.py")],
+            "outs": ["reports/coverage.md", "reports/coverage.png"],
         },
         "mask": {
             "foreach": list(SIDES),
@@ -129,7 +134,7 @@ def render_stages(params: Params) -> dict:
 
 def stage_order(params: Params) -> list[str]:
     """Every stage name as DVC knows it, in an order that respects the dependencies."""
-    names = [f"extract@{side}" for side in SIDES] + ["curate@src"] + [f"mask@{side}" for side in SIDES] + ["init"]
+    names = [f"extract@{side}" for side in SIDES] + ["curate@src", "coverage"] + [f"mask@{side}" for side in SIDES] + ["init"]
     names += [f"train@{name}" for name in params.train.stage_names]
     return names + ["merge", "export"]
 

@@ -26,8 +26,9 @@ class CurateOptions:
             raise ValueError("curate.min_face_size and curate.blur_threshold must be >= 0")
 
 
-def curate_faces(faces_path: Path, options: CurateOptions) -> Selection:
-    """Apply the size and blur thresholds to every face of a table."""
+def curate_faces(faces_path: Path, options: CurateOptions, rejects: dict[str, str] | None = None) -> Selection:
+    """Apply the human rejects, then the size and blur thresholds, to every face of a table."""
+    rejects = rejects or {}
     table = open_faces(faces_path).to_table(columns=["face_id", "bbox", "blur"])
     face_ids = table["face_id"].to_pylist()
     boxes = table["bbox"].to_pylist()
@@ -35,7 +36,9 @@ def curate_faces(faces_path: Path, options: CurateOptions) -> Selection:
     kept, rejected = [], {}
     for face_id, box, blur in zip(face_ids, boxes, blurs, strict=True):
         size = min(box[2] - box[0], box[3] - box[1])
-        if size < options.min_face_size:
+        if face_id in rejects:
+            rejected[face_id] = f"by hand: {rejects[face_id]}"
+        elif size < options.min_face_size:
             rejected[face_id] = f"small: {size:.0f} px < {options.min_face_size}"
         elif blur < options.blur_threshold:
             rejected[face_id] = f"blurry: {blur:.1f} < {options.blur_threshold}"

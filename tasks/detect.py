@@ -158,6 +158,29 @@ class DlibAnalyzer:
         return np.asarray(self._describer.compute_face_descriptor(rgb, shape), dtype=np.float32)
 
 
+    def fit_landmarks(self, image: np.ndarray, box: tuple[float, float, float, float]) -> DetectedFace:
+        """Fit the 68 landmarks inside a given box, without running the detector (about 1-2 ms).
+
+        Args:
+            image: uint8 (H, W, 3) BGR frame.
+            box: (x0, y0, x1, y1) in frame pixels, framed like this analyzer's detector boxes
+                (e.g. derived from the same face's landmarks in the previous frame).
+
+        Returns:
+            The face with that bbox, score 0.0 (no detector ran) and the fitted landmarks.
+
+        Raises:
+            ValueError: bad frame or an empty box.
+        """
+        _check_frame(image)
+        x0, y0, x1, y1 = (float(value) for value in box)
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            raise ValueError(f"fit_landmarks needs a non-empty box, got {box}")
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        shape = self._shape_predictor(rgb, dlib.rectangle(round(x0), round(y0), round(x1) - 1, round(y1) - 1))
+        landmarks = np.array([(point.x, point.y) for point in shape.parts()], dtype=np.float32)
+        return DetectedFace(bbox=(x0, y0, x1, y1), score=0.0, landmarks=landmarks)
+
 def _check_frame(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) BGR frame, got {image.dtype} {image.shape}")

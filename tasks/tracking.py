@@ -1,11 +1,28 @@
-"""Link faces of consecutive frames into tracks by box overlap."""
+"""Follow faces through a video: link them into tracks, and refit landmarks between detections.
+
+The full detector is the slow part of extraction (tens of ms per frame on a CPU). FaceFollower
+runs it only every ``detect_every`` frames; in between, each track's 68 landmarks are refitted by
+the shape predictor alone (1-2 ms) inside a box derived from the track's previous landmarks. A
+refit that looks wrong (the face jumped, grew, shrank or changed shape) triggers a full detection
+at once, as do the first frame and a frame with no live track.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from tasks.detect import DetectedFace, FaceAnalyzer
 
 Box = tuple[float, float, float, float]
+
+# bounds on how much a face may change between consecutive analysed frames before a refit is distrusted
+MAX_SCALE_CHANGE = 1.2  # ratio of landmark spreads (either way)
+MAX_SHIFT = 0.35  # landmark centre motion, in units of the landmark spread
+MAX_ASPECT_CHANGE = 1.2  # ratio of the landmarks' height/width (either way)
 
 
 def intersection_over_union(first: Box, second: Box) -> float:
@@ -31,10 +48,23 @@ class FaceTracker:
     _step: int = 0
     _next_id: int = 0
 
-    def assign(self, boxes: Sequence[Box]) -> list[int]:
-        """Track ids for the boxes of one analysed frame, in the order given."""
+    def assign(self, boxes: Sequence[Box], continuing: Mapping[int, Box] | None = None) -> list[int]:
+        """Track ids for the boxes of one analysed frame, in the order given.
+
+        Args:
+            boxes: newly detected boxes, to be matched to tracks by overlap.
+            continuing: boxes whose track is already known (track id -> box), e.g. landmark refits;
+                they are recorded first and their tracks are not offered to ``boxes``.
+
+        Returns:
+            One track id per box of ``boxes``.
+        """
         self._step += 1
-        live = {tid: box for tid, (step, box) in self._tracks.items() if self._step - step <= self.max_gap}
+        continuing = continuing or {}
+        for tid, box in continuing.items():
+            self._tracks[tid] = (self._step, box)
+        live = {tid: box for tid, (step, box) in self._tracks.items()
+                if self._step - step <= self.max_gap and tid not in continuing}
         pairs = sorted(
             ((intersection_over_union(box, old), index, tid) for index, box in enumerate(boxes) for tid, old in live.items()),
             reverse=True,
@@ -55,3 +85,159 @@ class FaceTracker:
             self._tracks[tid] = (self._step, box)
             result.append(tid)
         return result
+
+    def record(self, track_id: int, box: Box) -> None:
+        """Record where a known track is in the frame last passed to assign()."""
+        self._tracks[track_id] = (self._step, box)
+
+
+class LandmarkFitter(FaceAnalyzer, Protocol):
+    """An analyzer that can also fit landmarks in a given box (no detector run)."""
+
+    def fit_landmarks(self, image: np.ndarray, box: Box) -> DetectedFace:
+        """The face with landmarks fitted inside ``box`` (frame pixels, framed like detector boxes)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TrackedFace:
+    """A face of one analysed frame. detected: found by the detector (else refitted from the track)."""
+
+    track_id: int
+    face: DetectedFace
+    detected: bool
+
+
+def describe_spread(landmarks: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(centre (2,), spread = RMS distance from the centre, height/width of the landmarks' extent)."""
+    centre = landmarks.mean(axis=0)
+    spread = float(np.sqrt(((landmarks - centre) ** 2).sum(axis=1).mean()))
+    extent = np.ptp(landmarks, axis=0)
+    return centre, spread, float(extent[1] / max(extent[0], 1e-6))
+
+
+@dataclass
+class _Track:
+    """Live state of one track: its last landmarks and where the detector puts a box relative to them."""
+
+    landmarks: np.ndarray  # (68, 2) frame px
+    box_offsets: np.ndarray  # (4,) detector box edges minus the landmark centre, in spreads (x0, y0, x1, y1)
+    score: float  # the detector's score when the track was last detected
+    unconfirmed: int = 0  # analysed frames since the detector last found this face
+
+
+def _box_offsets(face: DetectedFace) -> np.ndarray:
+    centre, spread, _ = describe_spread(face.landmarks)
+    return (np.asarray(face.bbox, dtype=np.float64) - np.tile(centre, 2)) / max(spread, 1e-6)
+
+
+def _refit_is_plausible(before: np.ndarray, after: np.ndarray) -> bool:
+    """Cheap check that a refit still sits on the same face (no jump, collapse or distortion)."""
+    centre_before, spread_before, aspect_before = describe_spread(before)
+    centre_after, spread_after, aspect_after = describe_spread(after)
+    if not np.isfinite(after).all() or spread_after <= 1e-3 or spread_before <= 1e-3:
+        return False
+    scale = spread_after / spread_before
+    aspect = aspect_after / max(aspect_before, 1e-6)
+    shift = float(np.linalg.norm(centre_after - centre_before)) / spread_before
+    return (1 / MAX_SCALE_CHANGE <= scale <= MAX_SCALE_CHANGE and 1 / MAX_ASPECT_CHANGE <= aspect <= MAX_ASPECT_CHANGE
+            and shift <= MAX_SHIFT)
+
+
+class FaceFollower:
+    """Faces of consecutive frames with track ids: full detection every ``detect_every`` frames, refits between.
+
+    A refit track that the detector misses on a scheduled detection is kept (by its refit) for up
+    to ``detect_every`` more frames, so a detector's momentary miss does not drop a steady face.
+    """
+
+    def __init__(self, analyzer: FaceAnalyzer, detect_every: int = 1, max_faces: int = 0,
+                 tracker: FaceTracker | None = None) -> None:
+        """Args:
+            analyzer: finds faces; needs ``fit_landmarks`` when detect_every > 1.
+            detect_every: run the detector every this many analysed frames (1 = every frame).
+            max_faces: faces per frame, largest first; 0 keeps every face.
+            tracker: links detections to tracks (a fresh FaceTracker by default).
+
+        Raises:
+            ValueError: detect_every < 1, or > 1 with an analyzer that cannot fit landmarks.
+        """
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        if detect_every > 1 and not hasattr(analyzer, "fit_landmarks"):
+            raise ValueError(f"analyzer {analyzer.name!r} cannot refit landmarks: use detect_every: 1")
+        self.analyzer, self.detect_every, self.max_faces = analyzer, detect_every, max_faces
+        self.tracker = tracker or FaceTracker()
+        self._tracks: dict[int, _Track] = {}
+        self._since_detection = 0
+        self.detections = 0  # full detector runs, for reports and benchmarks
+
+    def follow(self, image: np.ndarray) -> list[TrackedFace]:
+        """The faces of the next analysed frame (uint8 BGR), largest first."""
+        refits: dict[int, DetectedFace] = {}
+        if self._tracks and self._since_detection < self.detect_every - 1:
+            refits = self._refit(image)
+            if len(refits) == len(self._tracks):
+                self._since_detection += 1
+                self.tracker.assign([], {tid: face.bbox for tid, face in refits.items()})
+                for tid, face in refits.items():
+                    self._remember(tid, face, detected=False)
+                return self._ordered([TrackedFace(tid, face, False) for tid, face in refits.items()])
+        return self._detect(image, refits)
+
+    def _refit(self, image: np.ndarray) -> dict[int, DetectedFace]:
+        """Refits of every live track that pass the plausibility check (others are left out)."""
+        refits = {}
+        for tid, track in self._tracks.items():
+            centre, spread, _ = describe_spread(track.landmarks)
+            box = tuple(float(value) for value in np.tile(centre, 2) + track.box_offsets * spread)
+            face = self.fitter.fit_landmarks(image, box)
+            if _refit_is_plausible(track.landmarks, face.landmarks):
+                refits[tid] = DetectedFace(bbox=face.bbox, score=track.score, landmarks=face.landmarks)
+        return refits
+
+    @property
+    def fitter(self) -> LandmarkFitter:
+        return self.analyzer  # type: ignore[return-value]  # checked in __init__
+
+    def _detect(self, image: np.ndarray, refits: dict[int, DetectedFace]) -> list[TrackedFace]:
+        self.detections += 1
+        self._since_detection = 0
+        faces = self.analyzer.detect(image)
+        if self.max_faces:
+            faces = faces[: self.max_faces]
+        track_ids = self.tracker.assign([face.bbox for face in faces])
+        found = [TrackedFace(tid, face, True) for tid, face in zip(track_ids, faces, strict=True)]
+        # tracks the detector missed: keep a plausible refit while the track was confirmed recently
+        missed = {tid: self._tracks[tid] for tid in self._tracks if tid not in track_ids}
+        if self.detect_every > 1 and missed:
+            refits = refits or self._refit(image)
+            for tid, track in missed.items():
+                room = not self.max_faces or len(found) < self.max_faces
+                face = refits.get(tid)
+                if face is not None and room and track.unconfirmed < self.detect_every and not any(
+                        intersection_over_union(face.bbox, other.face.bbox) > 0 for other in found):
+                    found.append(TrackedFace(tid, face, False))
+            for item in found[len(track_ids):]:
+                self.tracker.record(item.track_id, item.face.bbox)
+        previous = self._tracks
+        self._tracks = {}
+        for item in found:
+            if not item.detected:
+                self._tracks[item.track_id] = previous[item.track_id]
+            self._remember(item.track_id, item.face, item.detected)
+        return self._ordered(found)
+
+    def _remember(self, track_id: int, face: DetectedFace, detected: bool) -> None:
+        if detected:
+            self._tracks[track_id] = _Track(face.landmarks, _box_offsets(face), face.score)
+        else:
+            track = self._tracks[track_id]
+            track.landmarks, track.unconfirmed = face.landmarks, track.unconfirmed + 1
+
+    @staticmethod
+    def _ordered(faces: list[TrackedFace]) -> list[TrackedFace]:
+        def area(item: TrackedFace) -> float:
+            x0, y0, x1, y1 = item.face.bbox
+            return (x1 - x0) * (y1 - y0)
+        return sorted(faces, key=area, reverse=True)

@@ -28,6 +28,7 @@ def test_outputs_of_a_full_run(pipeline_project):
     sidecar = json.loads((root / "renders" / "dst_pexels_7154235.mp4.provenance.json").read_text())
     assert sidecar["synthetic"] is True and sidecar["revision"]["git"]["commit"]
     assert sidecar["file_sha256"] == digest(render)
+    assert "# Pose coverage" in (root / "reports" / "coverage.md").read_text()
     report = check_dfm(root / "exports" / "faceflow.dfm")
     assert report["resolution"] == 32
     for stage in ("warp", "sharpen"):

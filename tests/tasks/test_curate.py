@@ -48,6 +48,12 @@ def test_thresholds_leave_out_small_and_blurry_faces_with_reasons(faces_table, t
     assert Selection.load(tmp_path / "selection.json") == strict
 
 
+def test_hand_rejects_win_over_thresholds(faces_table):
+    first = open_faces(faces_table).to_table(columns=["face_id"]).to_pylist()[0]["face_id"]
+    selection = curate_faces(faces_table, CurateOptions(min_face_size=0, blur_threshold=0), {first: "eyes closed"})
+    assert first not in selection.kept and selection.rejected == {first: "by hand: eyes closed"}
+
+
 def test_unknown_selection_format_is_refused(tmp_path):
     (tmp_path / "selection.json").write_text('{"version": 99}')
     with pytest.raises(ValueError, match="re-run the curate stage"):

@@ -11,11 +11,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from flows.faceset_commands import faceset_app
 from flows.params import SIDES, Side
 
 app = typer.Typer(help="faceflow: a reproducible face-swap pipeline (DVC + Prefect).", no_args_is_help=True)
 stage_app = typer.Typer(help="Run one pipeline stage (what dvc.yaml's commands call).", no_args_is_help=True)
 app.add_typer(stage_app, name="stage")
+app.add_typer(faceset_app, name="faceset")
 console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project folder (holds params.yaml).")]

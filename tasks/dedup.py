@@ -11,6 +11,7 @@ thousands of faces take a second or two.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -71,6 +72,45 @@ def embedding_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(squared, 0.0, None))
 
 
+def cover_greedily(
+    order: np.ndarray,
+    close_distances: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    block_size: int = BLOCK_SIZE,
+) -> np.ndarray:
+    """Walk items in `order`; each becomes a representative unless it is close to one already chosen.
+
+    Args:
+        order: (N,) permutation of range(N), preferred representatives first.
+        close_distances: (block indices (B,), candidate indices (C,)) -> (B, C) distances, inf
+            where the pair is not close enough to merge.
+        block_size: items compared per call (memory ~ block_size x representatives).
+
+    Returns:
+        (N,) int64: the index of each item's representative (itself for a representative), the
+        nearest close one among those chosen before it.
+    """
+    count = len(order)
+    representative = np.arange(count, dtype=np.int64)
+    chosen: list[int] = []  # item indices of the representatives so far, in the order chosen
+    for start in range(0, count, block_size):
+        block = order[start:start + block_size]
+        earlier = len(chosen)
+        # (B, earlier + B): against representatives of earlier blocks, then against the block itself
+        candidates = np.concatenate([np.asarray(chosen, dtype=np.int64), block])
+        distance = close_distances(block, candidates)
+        chosen_in_block = np.zeros(len(block), dtype=bool)
+        for offset, item in enumerate(block):
+            row = np.concatenate([distance[offset, :earlier],
+                                  np.where(chosen_in_block[:offset], distance[offset, earlier:earlier + offset], np.inf)])
+            nearest = int(np.argmin(row)) if len(row) else -1
+            if nearest >= 0 and np.isfinite(row[nearest]):
+                representative[item] = candidates[nearest]
+            else:
+                chosen_in_block[offset] = True
+        chosen.extend(block[chosen_in_block].tolist())
+    return representative
+
+
 def near_duplicates(
     thumbnails: np.ndarray,
     embeddings: np.ndarray | None,
@@ -106,35 +146,19 @@ def near_duplicates(
                          f"{thumbnails.shape} and order of shape {order.shape}")
     if embeddings is not None and embeddings.shape != (count, 128):
         raise ValueError(f"embeddings must be (N, 128) = ({count}, 128), got {embeddings.shape}")
-    rows = normalise_thumbnails(thumbnails)[order]
-    descriptors = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)[order]
+    rows = normalise_thumbnails(thumbnails)
+    descriptors = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
 
-    keep = np.zeros(count, dtype=bool)
-    duplicate_of: dict[int, int] = {}
-    kept_positions: list[int] = []  # positions in `order` of the faces kept so far
-    for start in range(0, count, block_size):
-        stop = min(start + block_size, count)
-        block = np.arange(start, stop)
-        # (B, K) against faces kept in earlier blocks, (B, B) within the block
-        candidates = np.concatenate([np.asarray(kept_positions, dtype=np.int64), block])
+    def close_differences(block: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         difference = pixel_differences(rows[block], rows[candidates])
         close = difference < pixel_threshold
         if descriptors is not None:
             distance = embedding_distances(descriptors[block], descriptors[candidates])
             close &= ~(distance >= embedding_threshold)  # a missing descriptor does not veto
-        difference = np.where(close, difference, np.inf)
-        earlier_kept = len(kept_positions)
-        kept_in_block = np.zeros(len(block), dtype=bool)
-        for offset, position in enumerate(block):
-            # a duplicate of any kept face: one from an earlier block or one kept earlier in this block
-            row = np.concatenate([difference[offset, :earlier_kept],
-                                  np.where(kept_in_block[:offset], difference[offset, earlier_kept:earlier_kept + offset], np.inf)])
-            nearest = int(np.argmin(row)) if len(row) else -1
-            if nearest >= 0 and np.isfinite(row[nearest]):
-                duplicate_of[int(order[position])] = int(order[candidates[nearest]])
-            else:
-                kept_in_block[offset] = True
-        kept_positions.extend(block[kept_in_block].tolist())
-    keep[order[kept_positions]] = True
+        return np.where(close, difference, np.inf)
+
+    representative = cover_greedily(order, close_differences, block_size)
+    keep = representative == np.arange(count)
+    duplicate_of = {int(index): int(representative[index]) for index in np.flatnonzero(~keep)}
     logger.info("near-duplicates: kept %d of %d faces", int(keep.sum()), count)
     return keep, duplicate_of

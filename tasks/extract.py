@@ -1,5 +1,12 @@
 """Extraction: decode videos and photos, find faces, align them and append them to a faces table.
 
+Videos are followed, not searched frame by frame: the full detector runs every
+``detect_every`` analysed frames and landmarks are refitted along each track in between
+(tasks/tracking.py); identity descriptors are computed every ``embed_every`` faces of a track and
+carried along it. With ``smooth_landmarks`` the landmarks of each track are smoothed over time
+before the faces are aligned (tasks/smoothing.py): rows are then written a smoothing window behind
+decoding, which holds only that window's frames in memory (no second decode of the source).
+
 The table remembers which sources it holds (by content hash) and with which settings, so a rerun
 skips finished sources, redoes a source that was interrupted, drops sources that were removed, and
 rebuilds everything when the face settings change. A source that fails midway keeps the faces it
@@ -11,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +43,8 @@ from tasks.faceset import (
 from tasks.images import IMAGE_SUFFIXES, ImageError, list_media, read_image
 from tasks.pose import estimate_pose
 from tasks.scores import score_crop
-from tasks.tracking import FaceTracker
+from tasks.smoothing import LandmarkSmoother
+from tasks.tracking import FaceFollower, TrackedFace, TrackIdentities
 from tasks.video import VideoError, iter_frames, probe_video
 
 logger = logging.getLogger(__name__)
@@ -74,12 +82,27 @@ class SideOptions:
     embeddings: bool = True  # 128-D identity descriptor per face
     fps: float | None = None  # sample videos at this rate; None keeps every frame
     every_n: int = 1  # then keep every n-th sampled frame
+    # videos: run the detector every n-th analysed frame and refit each track's landmarks in between
+    # (far faster; a doubtful refit, a lost track and the first frame re-detect at once); 1 = every frame
+    detect_every: int = 5
+    # identity descriptor for a track's first face, then every n-th face of the track; each face
+    # stores its track's latest one; 1 = every face, 0 = once per track
+    embed_every: int = 30
+    # zero-lag temporal smoothing of each track's landmarks before alignment (anti-jitter; worth it
+    # for dst): Gaussian sigma in analysed frames, e.g. 1.5; 0 = off
+    smooth_landmarks: float = 0.0
 
     def __post_init__(self) -> None:
         if self.fps is not None and self.fps <= 0:
             raise ValueError(f"fps must be positive or null, got {self.fps}")
         if self.every_n < 1 or self.upsample < 0 or self.max_faces < 0 or self.min_face_size < 0:
             raise ValueError("every_n must be >= 1; upsample, max_faces and min_face_size must be >= 0")
+        if self.detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1 (1 detects on every frame), got {self.detect_every}")
+        if self.embed_every < 0:
+            raise ValueError(f"embed_every must be >= 0 (0 = once per track), got {self.embed_every}")
+        if not 0 <= self.smooth_landmarks <= 30:
+            raise ValueError(f"smooth_landmarks must be in 0..30 frames (0 = off), got {self.smooth_landmarks}")
 
     @property
     def samples_every_frame(self) -> bool:
@@ -185,13 +208,12 @@ def expected_frames(path: Path, side: SideOptions) -> int | None:
 def build_face_row(
     frame: np.ndarray,
     face: DetectedFace,
-    analyzer: FaceAnalyzer,
+    embedding: np.ndarray | None,
     options: FaceOptions,
-    embed: bool,
     source: tuple[str, str],
     position: tuple[int, float, int, int],
 ) -> dict:
-    """One faces-table row for a detected face (alignment, crop, pose, scores, embedding)."""
+    """One faces-table row for a face (alignment, crop, pose and scores from its landmarks)."""
     source_id, source_path = source
     frame_index, timestamp, face_index, track_id = position
     matrix = compute_alignment(face.landmarks, options.face_type, options.size)
@@ -201,7 +223,6 @@ def build_face_row(
         raise RuntimeError(f"JPEG encoding failed for a face in {source_path} frame {frame_index}")
     yaw, pitch, roll = estimate_pose(face.landmarks, frame.shape[:2])
     scores = score_crop(crop)
-    embedding = analyzer.embed(frame, face).astype(np.float32).tolist() if embed else None
     return {
         "face_id": f"{source_id}-{frame_index:06d}-{face_index:02d}",
         "source_id": source_id,
@@ -221,7 +242,7 @@ def build_face_row(
         "pitch": float(pitch),
         "roll": float(roll),
         **scores,
-        "embedding": embedding,
+        "embedding": None if embedding is None else np.asarray(embedding, dtype=np.float32).tolist(),
     }
 
 
@@ -237,23 +258,42 @@ def extract_source(
 ) -> SourceReport:
     """Extract every face of one video or photo into the table and record the source.
 
-    Decoding errors do not lose work: faces found before the error are kept, and the source is
-    recorded as failed with the error (so the next run retries it).
+    Decoding errors do not lose work: faces found before the error are kept (the smoothing
+    window is flushed first), and the source is recorded as failed with the error (so the next
+    run retries it).
+
+    Args:
+        path, source_id: the file and its content-hash id.
+        table_path: the faces table, prepared by plan_extraction.
+        analyzer: from create_face_analyzer.
+        faces_options, side: the extraction settings.
+        root: project root; the stored source path is relative to it.
+        on_frame: called with no arguments after each analysed frame (progress).
+
+    Returns:
+        The source's report, also recorded in the table's metadata.
     """
     source_path = relative_path(path, root)
     report = SourceReport(path=source_path, source_id=source_id)
-    tracker = FaceTracker()
+    is_photo = path.suffix.lower() in IMAGE_SUFFIXES
+    follower = FaceFollower(analyzer, detect_every=1 if is_photo else side.detect_every, max_faces=side.max_faces)
+    identities = TrackIdentities(analyzer, side.embed_every) if side.embeddings else None
+    smoother = LandmarkSmoother(0.0 if is_photo else side.smooth_landmarks)
     pending: list[dict] = []
+
+    def add_rows(ready: list[tuple[tuple, dict]]) -> None:
+        for (frame_index, timestamp, frame, faces, embeddings), landmarks in ready:
+            for face_index, (item, embedding) in enumerate(zip(faces, embeddings, strict=True)):
+                face = replace(item.face, landmarks=landmarks[item.track_id])
+                position = (frame_index, timestamp, face_index, item.track_id)
+                pending.append(build_face_row(frame, face, embedding, faces_options, (source_id, source_path), position))
+
     try:
-        for frame_index, timestamp, frame in iter_source_frames(path, side):
-            faces = analyzer.detect(frame)
-            if side.max_faces:
-                faces = faces[: side.max_faces]
-            track_ids = tracker.assign([face.bbox for face in faces])
-            for face_index, (face, track_id) in enumerate(zip(faces, track_ids, strict=True)):
-                position = (frame_index, timestamp, face_index, track_id)
-                row = build_face_row(frame, face, analyzer, faces_options, side.embeddings, (report.source_id, source_path), position)
-                pending.append(row)
+        for step, (frame_index, timestamp, frame) in enumerate(iter_source_frames(path, side)):
+            faces: list[TrackedFace] = follower.follow(frame)
+            embeddings = identities.describe(frame, faces) if identities else [None] * len(faces)
+            landmarks = {item.track_id: item.face.landmarks for item in faces}
+            add_rows(smoother.push(step, (frame_index, timestamp, frame, faces, embeddings), landmarks))
             report.frames += 1
             if len(pending) >= ROWS_PER_COMMIT:
                 report.faces += _flush(table_path, pending)
@@ -261,7 +301,10 @@ def extract_source(
                 on_frame()
     except (VideoError, ImageError) as error:
         report.status, report.error = "failed", str(error)
+    add_rows(smoother.flush())
     report.faces += _flush(table_path, pending)
+    logger.debug("%s: %d frames, %d detector runs, %d descriptors", source_path, report.frames, follower.detections,
+                 identities.computed if identities else 0)
     record_source(table_path, report)
     return report
 

@@ -12,7 +12,6 @@ order of faces without a score (NaN, always last) do not depend on how the table
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, get_args
@@ -83,12 +82,12 @@ def by_column(name: str, descending: bool) -> SortFunction:
     return sort_by_column
 
 
-def by_pixels(measure: sort_images.Measure, size: int, descending: bool, column: int = 0) -> SortFunction:
+def by_pixels(measure: sort_images.Measure, size: int, descending: bool) -> SortFunction:
     """A method that orders by one value a pixel measure gives each crop."""
 
     def sort_by_pixels(inputs: SortInputs) -> tuple[np.ndarray, np.ndarray]:
         features = sort_images.measure_crops(inputs.dataset, inputs.positions, measure, size)
-        return order_by(features[:, column].astype(np.float64), descending)
+        return order_by(features[:, 0].astype(np.float64), descending)
 
     return sort_by_pixels
 
@@ -110,7 +109,7 @@ def sort_one_face(inputs: SortInputs) -> tuple[np.ndarray, np.ndarray]:
 
 def sort_histogram_similarity(inputs: SortInputs) -> tuple[np.ndarray, np.ndarray]:
     histograms = sort_images.measure_crops(inputs.dataset, inputs.positions, sort_images.colour_histogram, 128)
-    order, steps = sort_images.chain_nearest(histograms.astype(np.float64))
+    order, steps = sort_images.chain_nearest(histograms)
     scores = np.empty(len(order))
     scores[order] = steps
     return order, scores
@@ -181,7 +180,7 @@ def sort_identity_distance(inputs: SortInputs) -> tuple[np.ndarray, np.ndarray]:
 
 SORT_METHODS: dict[str, SortFunction] = {
     "blur": by_column("blur", descending=True),
-    "motion_blur": by_pixels(sort_images.directional_sharpness, 128, descending=True),
+    "motion_blur": by_pixels(sort_images.orientation_spread, 128, descending=True),
     "blur_fft": by_pixels(sort_images.high_frequency_energy, 128, descending=True),
     "yaw": by_column("yaw", descending=False),
     "pitch": by_column("pitch", descending=False),
@@ -202,11 +201,11 @@ SORT_METHODS: dict[str, SortFunction] = {
 
 SORT_DESCRIPTIONS: dict[str, str] = {
     "blur": "sharpest first (stored variance of the Laplacian), blurriest last",
-    "motion_blur": "sharp in every direction first, smeared along one direction (motion blur) last",
+    "motion_blur": "edges in every direction first, smeared along one direction (motion blur) last (weakest / strongest gradient energy)",
     "blur_fft": "most high-frequency detail (FFT of the face centre) first, blurriest last",
-    "yaw": "head turned most to one side first, most to the other side last (yaw, degrees)",
-    "pitch": "head tilted most down first, most up last (pitch, degrees)",
-    "roll": "most rolled one way first, most rolled the other way last (roll, degrees)",
+    "yaw": "lowest yaw first, highest last (degrees; the head turned one way, then the other)",
+    "pitch": "lowest pitch first, highest last (degrees)",
+    "roll": "lowest roll first, highest last (degrees)",
     "face_size": "largest face in the source frame first, smallest last (side of the box, px)",
     "histogram_similarity": "faces with similar colour histograms next to each other (score: step from the previous face)",
     "histogram_dissimilarity": "most unusual colours first (summed histogram distance to all others), most typical last",
@@ -274,5 +273,3 @@ def sort_faces(table_path: Path, method: SortMethod, target_count: int | None = 
         description=SORT_DESCRIPTIONS[method],
     )
 
-
-SortCallable = Callable[[SortInputs], tuple[np.ndarray, np.ndarray]]

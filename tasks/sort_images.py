@@ -104,22 +104,20 @@ def high_frequency_energy(crop: np.ndarray) -> np.ndarray:
     return np.array([np.nanmean(magnitude)])
 
 
-def directional_sharpness(crop: np.ndarray) -> np.ndarray:
-    """Gradient energy along the weakest direction, and the orientation spread (weakest / strongest).
+def orientation_spread(crop: np.ndarray) -> np.ndarray:
+    """Gradient energy along the weakest direction over that along the strongest (0..1).
 
     From the structure tensor of the face centre: motion smears edges along one direction, so the
-    gradient energy across that direction collapses while the perpendicular one survives.
+    gradient energy across that direction collapses while the perpendicular one survives. The
+    ratio does not depend on contrast, so a dim face is not mistaken for a smeared one.
     """
     gray = centre_gray(crop)
     gradient_x = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gradient_y = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-    tensor = np.array(
-        [[np.mean(gradient_x * gradient_x), np.mean(gradient_x * gradient_y)],
-         [np.mean(gradient_x * gradient_y), np.mean(gradient_y * gradient_y)]]
-    )
+    cross = np.mean(gradient_x * gradient_y)
+    tensor = np.array([[np.mean(gradient_x * gradient_x), cross], [cross, np.mean(gradient_y * gradient_y)]])
     weakest, strongest = np.linalg.eigvalsh(tensor)
-    weakest = max(float(weakest), 0.0)
-    return np.array([np.sqrt(weakest), weakest / strongest if strongest > 0 else 0.0])
+    return np.array([max(float(weakest), 0.0) / strongest if strongest > 0 else 0.0])
 
 
 def black_fraction(crop: np.ndarray) -> np.ndarray:
@@ -143,6 +141,12 @@ def small_gray(crop: np.ndarray) -> np.ndarray:
     return resize_square(gray, DIFFERENCE_SIZE).reshape(-1).astype(np.float32)
 
 
+def swap_remove(arrays: list[np.ndarray], index: int, size: int) -> None:
+    """Drop row ``index`` from the first ``size`` rows of each array by moving the last of them into its place."""
+    for array in arrays:
+        array[index] = array[size - 1]
+
+
 def chain_nearest(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Greedy chain: start at row 0, then always step to the nearest (Euclidean) row not yet visited.
 
@@ -151,16 +155,19 @@ def chain_nearest(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     count = len(vectors)
     order, steps = np.zeros(count, dtype=np.int64), np.full(count, np.nan)
-    visited = np.zeros(count, dtype=bool)
-    squared_norms = np.einsum("ij,ij->i", vectors, vectors)
-    current = 0
-    visited[0] = True
+    # the unvisited rows, kept packed at the front so each step only looks at what is left
+    pool = np.array(vectors[1:], dtype=np.float32)
+    pool_rows = np.arange(1, count)
+    pool_norms = np.einsum("ij,ij->i", pool, pool)
+    current = np.asarray(vectors[0], dtype=np.float32)
     for step in range(1, count):
-        distances = squared_norms + squared_norms[current] - 2.0 * (vectors @ vectors[current])
-        distances[visited] = np.inf
-        current = int(np.argmin(distances))
-        visited[current] = True
-        order[step], steps[step] = current, np.sqrt(max(float(distances[current]), 0.0))
+        size = count - step
+        distances = pool_norms[:size] - 2.0 * (pool[:size] @ current)  # squared distance less |current|^2
+        nearest = int(np.argmin(distances))
+        following = pool[nearest].copy()
+        order[step], steps[step] = pool_rows[nearest], float(np.linalg.norm(following - current))
+        swap_remove([pool, pool_rows, pool_norms], nearest, size)
+        current = following
     return order, steps
 
 
@@ -185,16 +192,18 @@ def farthest_first(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         nearest earlier row (the first row: to the mean).
     """
     count = len(vectors)
-    if count == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    pixels = vectors.shape[1]
-    nearest = np.abs(vectors - vectors.mean(axis=0)).sum(axis=1) / pixels
     order, distances = np.zeros(count, dtype=np.int64), np.zeros(count)
-    taken = np.zeros(count, dtype=bool)
+    if count == 0:
+        return order, distances
+    # the rows not taken yet, packed at the front, with each one's distance to its nearest taken row
+    pool = np.array(vectors, dtype=np.float32)
+    pool_rows = np.arange(count)
+    nearest = np.abs(pool - pool.mean(axis=0)).mean(axis=1)
     for step in range(count):
-        candidates = np.where(taken, -np.inf, nearest)
-        current = int(np.argmax(candidates))
-        order[step], distances[step] = current, nearest[current]
-        taken[current] = True
-        nearest = np.minimum(nearest, np.abs(vectors - vectors[current]).sum(axis=1) / pixels)
+        size = count - step
+        chosen = int(np.argmax(nearest[:size]))
+        taken = pool[chosen].copy()
+        order[step], distances[step] = pool_rows[chosen], nearest[chosen]
+        swap_remove([pool, pool_rows, nearest], chosen, size)
+        np.minimum(nearest[: size - 1], np.abs(pool[: size - 1] - taken).mean(axis=1), out=nearest[: size - 1])
     return order, distances

@@ -241,3 +241,30 @@ class FaceFollower:
             x0, y0, x1, y1 = item.face.bbox
             return (x1 - x0) * (y1 - y0)
         return sorted(faces, key=area, reverse=True)
+
+
+class TrackIdentities:
+    """Identity descriptors on a budget: computed for a track's first face, then every ``every`` faces of it.
+
+    Every face gets its track's latest descriptor, so identity is per track and no row lacks one.
+    ``every`` = 1 describes every face; 0 only each track's first face.
+    """
+
+    def __init__(self, analyzer: FaceAnalyzer, every: int) -> None:
+        if every < 0:
+            raise ValueError(f"embed_every must be >= 0, got {every}")
+        self.analyzer, self.every = analyzer, every
+        self._latest: dict[int, tuple[np.ndarray, int]] = {}  # track id -> (descriptor, faces since it)
+        self.computed = 0  # descriptors computed, for reports and benchmarks
+
+    def describe(self, image: np.ndarray, faces: Sequence[TrackedFace]) -> list[np.ndarray]:
+        """(128,) float32 descriptor for each face of one analysed frame, in order."""
+        result = []
+        for item in faces:
+            latest = self._latest.get(item.track_id)
+            if latest is None or (self.every and latest[1] >= self.every):
+                latest = (self.analyzer.embed(image, item.face), 0)
+                self.computed += 1
+            self._latest[item.track_id] = (latest[0], latest[1] + 1)
+            result.append(latest[0])
+        return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import itertools
+
 import av
 import cv2
 import numpy as np
@@ -17,10 +19,13 @@ from tasks.extract import (
     plan_extraction,
     settings_fingerprint,
 )
+from tasks.align import compute_alignment
 from tasks.faceset import SOURCES_KEY, finalize_table, open_faces, read_json_metadata
+from tasks.smoothing import jitter
+from tasks.video import VideoWriter, iter_frames, probe_video
 
 FACES = FaceOptions(face_type="whole_face", size=128, jpeg_quality=90)
-SIDE = SideOptions(fps=5, embeddings=True)
+SIDE = SideOptions(fps=5, embeddings=True, smooth_landmarks=1.0)  # tracked, smoothed: the defaults plus smoothing
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,10 @@ def test_extracts_aligned_faces_from_a_video_and_photos(tmp_path, media_dir, ana
     assert {row["frame_index"] % 10 for row in video_rows} == {0}, "50 fps sampled at 5 fps keeps every 10th frame"
     assert len({row["face_id"] for row in rows}) == len(rows)
     assert len({row["track_id"] for row in video_rows}) <= 2, "one steady face stays on one track"
+    for track_id in {row["track_id"] for row in video_rows}:
+        track = [row for row in video_rows if row["track_id"] == track_id]
+        descriptors = {tuple(row["embedding"]) for row in track}
+        assert len(descriptors) == -(-len(track) // SIDE.embed_every), "a descriptor per embed_every faces of a track"
     for row in rows:
         crop = cv2.imdecode(np.frombuffer(row["image"], np.uint8), cv2.IMREAD_COLOR)
         assert crop.shape == (128, 128, 3)
@@ -142,3 +151,39 @@ def test_changed_settings_rebuild_the_table(tmp_path, media_dir, analyzer):
     run_extraction(raw, table, tmp_path, analyzer)
     plan = plan_extraction(raw, table, settings_fingerprint(FaceOptions(size=64), SIDE), tmp_path)
     assert len(plan.pending) == 1 and open_faces(table).count_rows() == 0
+
+
+def write_first_frames(source, target, count):
+    """A shorter copy of a clip: its first `count` frames, re-encoded."""
+    info = probe_video(source)
+    with VideoWriter(target, info.width, info.height, info.fps) as writer:
+        for _, _, frame in itertools.islice(iter_frames(source), count):
+            writer.write(frame)
+
+
+def test_tracked_extraction_finds_every_face_and_smooths_landmarks(tmp_path, media_dir, analyzer):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_first_frames(media_dir / "videos" / "talking_head_a.mp4", raw / "talking.mp4", 100)
+    tables = {}
+    for strength in (0.0, 2.0):
+        side = SideOptions(detect_every=5, embed_every=0, smooth_landmarks=strength)
+        table = tmp_path / f"faces {strength}.lance"
+        _, (report,) = run_extraction(raw, table, tmp_path, analyzer, side)
+        assert report.status == "complete" and report.frames == 100
+        tables[strength] = sorted(open_faces(table).to_table().to_pylist(), key=lambda row: row["frame_index"])
+    for rows in tables.values():
+        assert len({row["frame_index"] for row in rows}) >= 98, "a face in >= 98% of the frames"
+        assert len({row["track_id"] for row in rows}) == 1
+        assert len({tuple(row["embedding"]) for row in rows}) == 1, "embed_every 0: one descriptor per track, on every row"
+    landmarks = {strength: [np.asarray(row["landmarks"]).reshape(68, 2) for row in rows] for strength, rows in tables.items()}
+    assert jitter(landmarks[2.0]) < 0.5 * jitter(landmarks[0.0])
+    for row, points in zip(tables[2.0], landmarks[2.0]):
+        expected = compute_alignment(points, FACES.face_type, FACES.size).reshape(-1)
+        np.testing.assert_allclose(row["matrix"], expected, atol=1e-3, err_msg="crops are aligned on the smoothed landmarks")
+
+
+@pytest.mark.parametrize("field, value", [("detect_every", 0), ("embed_every", -1), ("smooth_landmarks", -0.5)])
+def test_tracking_options_are_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        SideOptions(**{field: value})

@@ -1,3 +1,5 @@
+"""Tracks: box-overlap linking, and following faces through real clips with refits between detections."""
+
 from tasks.tracking import FaceTracker, intersection_over_union
 
 
@@ -24,3 +26,87 @@ def test_track_survives_short_gaps_only():
     for _ in range(3):
         tracker.assign([])
     assert tracker.assign([(2, 2, 102, 102)]) != [track]
+
+
+# ---- following faces on real clips: detection every few frames, landmark refits in between ----
+
+import itertools  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tasks.detect import DlibAnalyzer  # noqa: E402
+from tasks.smoothing import interocular_distance  # noqa: E402
+from tasks.tracking import FaceFollower, TrackIdentities  # noqa: E402
+from tasks.video import iter_frames  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    return DlibAnalyzer(min_size=40)
+
+
+@pytest.fixture(scope="module")
+def talking_head(media_dir):
+    """Every frame of a frontal talking head (259 frames, 512x388)."""
+    return [frame for _, _, frame in iter_frames(media_dir / "videos" / "talking_head_a.mp4")]
+
+
+def test_follower_keeps_one_stable_track_on_a_talking_head(talking_head, analyzer):
+    follower = FaceFollower(analyzer, detect_every=5, max_faces=1)
+    followed = [follower.follow(frame) for frame in talking_head]
+    found = sum(bool(faces) for faces in followed)
+    assert found >= 0.98 * len(talking_head), f"face in only {found}/{len(talking_head)} frames"
+    assert len({item.track_id for faces in followed for item in faces}) == 1, "a steady face keeps one track id"
+    assert follower.detections <= len(talking_head) / 4, "the detector runs on about one frame in five"
+    assert sum(item.detected for faces in followed for item in faces) == follower.detections
+
+
+def test_refitted_landmarks_stay_close_to_a_full_detection(talking_head, analyzer):
+    follower = FaceFollower(analyzer, detect_every=5, max_faces=1)
+    errors = []
+    for frame in talking_head[:120]:
+        (item,) = follower.follow(frame)
+        if not item.detected:
+            (detected,) = analyzer.detect(frame)
+            errors.append(np.linalg.norm(item.face.landmarks - detected.landmarks, axis=1).mean())
+    assert len(errors) >= 80, "most frames are refits"
+    interocular = interocular_distance(item.face.landmarks)
+    assert np.median(errors) < 2.0 and max(errors) < 4.0, (
+        f"refits drift from detection: median {np.median(errors):.2f} px, max {max(errors):.2f} px "
+        f"(inter-ocular distance {interocular:.0f} px)")
+
+
+def test_two_faces_keep_two_separate_tracks(media_dir, analyzer):
+    frames = itertools.islice(iter_frames(media_dir / "videos" / "two_faces_vertical.mp4"), 40)
+    follower = FaceFollower(analyzer, detect_every=5, max_faces=0)
+    followed = [follower.follow(frame) for _, _, frame in frames]
+    tracks = {item.track_id for faces in followed for item in faces}
+    assert len(tracks) == 2, f"two people, two tracks; got {tracks}"
+    assert sum(len(faces) == 2 for faces in followed) >= 0.9 * len(followed)
+    for faces in followed:
+        if len(faces) == 2:
+            assert intersection_over_union(faces[0].face.bbox, faces[1].face.bbox) == 0.0
+    # the two people sit left and right of the frame's middle (x = 360): each track stays on one side
+    sides = {(item.track_id, bool(item.face.landmarks[:, 0].mean() > 360)) for faces in followed for item in faces}
+    assert len(sides) == 2 and {side for _, side in sides} == {False, True}, f"tracks swapped people: {sides}"
+
+
+def test_track_identities_are_computed_on_a_budget_and_shared(talking_head, analyzer):
+    follower = FaceFollower(analyzer, detect_every=5, max_faces=1)
+    identities = TrackIdentities(analyzer, every=10)
+    descriptors = []
+    for frame in talking_head[:25]:
+        faces = follower.follow(frame)
+        descriptors.extend(identities.describe(frame, faces))
+    assert len(descriptors) == 25 and identities.computed == 3, "faces 0, 10 and 20 are described"
+    assert all(descriptor is descriptors[0] for descriptor in descriptors[:10])
+    assert descriptors[10] is not descriptors[0] and descriptors[10] is descriptors[19]
+    assert np.linalg.norm(descriptors[0] - descriptors[20]) < 0.4, "the same person"
+
+
+def test_follower_rejects_bad_settings(analyzer):
+    with pytest.raises(ValueError, match="detect_every"):
+        FaceFollower(analyzer, detect_every=0)
+    with pytest.raises(ValueError, match="embed_every"):
+        TrackIdentities(analyzer, every=-1)

@@ -42,12 +42,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tasks.detect import ModelFileError
     from tasks.export import ExportError
     from tasks.faceset import FacesetError
+    from tasks.identity import IdentityError
     from tasks.images import ImageError
     from tasks.train import ConfigMismatchError, EmptyFacesetError
     from tasks.video import VideoError
 
     return (ParamsError, ExtractionError, StageFailed, CheckpointError, ExportError, FacesetError, EmptyFacesetError,
-            ConfigMismatchError, VideoError, ImageError, ModelFileError, DecisionsError, FileNotFoundError)
+            ConfigMismatchError, VideoError, ImageError, ModelFileError, DecisionsError, IdentityError,
+            FileNotFoundError)
 
 
 def run_reporting_errors(function, *args, **kwargs):

@@ -79,8 +79,9 @@ def render_stages(params: Params) -> dict:
             "foreach": ["src"],
             "do": {
                 "cmd": "faceflow stage curate ${item}",
-                "deps": ["data/${item}/faces.lance", "data/${item}/rejects.yaml", *code_dependencies("flows/curate.py")],
-                "params": ["curate.${item}"],
+                "deps": ["data/${item}/faces.lance", "data/${item}/rejects.yaml", "data/${item}/reference",
+                         *code_dependencies("flows/curate.py")],
+                "params": ["curate.${item}", "extract.faces", "extract.${item}"],  # the analyzer reads the reference photos
                 "outs": ["data/${item}/selection.json"],
             },
         },

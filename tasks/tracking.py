@@ -10,12 +10,15 @@ at once, as do the first frame and a frame with no live track.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from tasks.detect import DetectedFace, FaceAnalyzer
+
+logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 
@@ -147,25 +150,27 @@ def _refit_is_plausible(before: np.ndarray, after: np.ndarray) -> bool:
 class FaceFollower:
     """Faces of consecutive frames with track ids: full detection every ``detect_every`` frames, refits between.
 
-    A refit track that the detector misses on a scheduled detection is kept (by its refit) for up
-    to ``detect_every`` more frames, so a detector's momentary miss does not drop a steady face.
+    A track that the detector misses is kept by a plausible refit while it was detected within the
+    last ``detect_every`` frames, and the detector runs again on the next frame: a momentary miss
+    does not drop a steady face, and a face that is gone is dropped within a few frames.
     """
 
     def __init__(self, analyzer: FaceAnalyzer, detect_every: int = 1, max_faces: int = 0,
                  tracker: FaceTracker | None = None) -> None:
         """Args:
-            analyzer: finds faces; needs ``fit_landmarks`` when detect_every > 1.
+            analyzer: finds faces; one without ``fit_landmarks`` detects on every frame.
             detect_every: run the detector every this many analysed frames (1 = every frame).
             max_faces: faces per frame, largest first; 0 keeps every face.
             tracker: links detections to tracks (a fresh FaceTracker by default).
 
         Raises:
-            ValueError: detect_every < 1, or > 1 with an analyzer that cannot fit landmarks.
+            ValueError: detect_every < 1.
         """
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if detect_every > 1 and not hasattr(analyzer, "fit_landmarks"):
-            raise ValueError(f"analyzer {analyzer.name!r} cannot refit landmarks: use detect_every: 1")
+            logger.info("analyzer %r cannot refit landmarks: detecting on every frame", analyzer.name)
+            detect_every = 1
         self.analyzer, self.detect_every, self.max_faces = analyzer, detect_every, max_faces
         self.tracker = tracker or FaceTracker()
         self._tracks: dict[int, _Track] = {}
@@ -174,7 +179,7 @@ class FaceFollower:
 
     def follow(self, image: np.ndarray) -> list[TrackedFace]:
         """The faces of the next analysed frame (uint8 BGR), largest first."""
-        refits: dict[int, DetectedFace] = {}
+        refits: dict[int, DetectedFace] | None = None
         if self._tracks and self._since_detection < self.detect_every - 1:
             refits = self._refit(image)
             if len(refits) == len(self._tracks):
@@ -200,7 +205,7 @@ class FaceFollower:
     def fitter(self) -> LandmarkFitter:
         return self.analyzer  # type: ignore[return-value]  # checked in __init__
 
-    def _detect(self, image: np.ndarray, refits: dict[int, DetectedFace]) -> list[TrackedFace]:
+    def _detect(self, image: np.ndarray, refits: dict[int, DetectedFace] | None) -> list[TrackedFace]:
         self.detections += 1
         self._since_detection = 0
         faces = self.analyzer.detect(image)
@@ -211,13 +216,14 @@ class FaceFollower:
         # tracks the detector missed: keep a plausible refit while the track was confirmed recently
         missed = {tid: self._tracks[tid] for tid in self._tracks if tid not in track_ids}
         if self.detect_every > 1 and missed:
-            refits = refits or self._refit(image)
+            refits = self._refit(image) if refits is None else refits
             for tid, track in missed.items():
                 room = not self.max_faces or len(found) < self.max_faces
                 face = refits.get(tid)
                 if face is not None and room and track.unconfirmed < self.detect_every and not any(
                         intersection_over_union(face.bbox, other.face.bbox) > 0 for other in found):
                     found.append(TrackedFace(tid, face, False))
+                    self._since_detection = self.detect_every - 1  # confirm it on the very next frame
             for item in found[len(track_ids):]:
                 self.tracker.record(item.track_id, item.face.bbox)
         previous = self._tracks

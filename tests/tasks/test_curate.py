@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from tasks.curate import CurateOptions, curate_faces
@@ -17,9 +18,10 @@ def faces_table(tmp_path_factory, media_dir):
     root = tmp_path_factory.mktemp("curate")
     raw = root / "raw"
     raw.mkdir()
-    for name in ("identities/barack_obama/obama.jpg", "identities/barack_obama/obama_small.jpg", "misc/blur.jpg"):
+    for name in ("identities/barack_obama/obama.jpg", "identities/barack_obama/obama_small.jpg", "misc/blur.jpg",
+                 "identities/barack_obama/obama2.jpg", "identities/katy_perry/img27.jpg"):
         shutil.copy(media_dir / "photos" / name, raw / name.replace("/", "_"))
-    faces, side = FaceOptions(size=96), SideOptions(embeddings=False, max_faces=0)
+    faces, side = FaceOptions(size=96), SideOptions(embeddings=True, max_faces=0)
     table = root / "faces.lance"
     plan = plan_extraction(raw, table, settings_fingerprint(faces, side), root)
     analyzer = create_face_analyzer(faces, side)
@@ -29,20 +31,23 @@ def faces_table(tmp_path_factory, media_dir):
     return table
 
 
+NO_FILTERS = {"min_face_size": 0, "blur_threshold": 0, "identity": "off", "dedup_threshold": 0}
+
+
 def test_thresholds_leave_out_small_and_blurry_faces_with_reasons(faces_table, tmp_path):
-    everything = curate_faces(faces_table, CurateOptions(min_face_size=0, blur_threshold=0))
+    everything = curate_faces(faces_table, CurateOptions(**NO_FILTERS))
     assert everything.rejected == {} and len(everything.kept) >= 3
     rows = open_faces(faces_table).to_table(columns=["face_id", "bbox", "blur"]).to_pylist()
     sizes = {row["face_id"]: min(row["bbox"][2] - row["bbox"][0], row["bbox"][3] - row["bbox"][1]) for row in rows}
     cut = (min(sizes.values()) + max(sizes.values())) / 2
-    strict = curate_faces(faces_table, CurateOptions(min_face_size=int(cut), blur_threshold=0))
+    strict = curate_faces(faces_table, CurateOptions(**{**NO_FILTERS, "min_face_size": int(cut)}))
     assert set(strict.rejected) == {face_id for face_id, size in sizes.items() if size < int(cut)} != set()
     assert all(reason.startswith("small") for reason in strict.rejected.values())
     sharpest = max(row["blur"] for row in rows)
-    assert curate_faces(faces_table, CurateOptions(min_face_size=0, blur_threshold=sharpest)).kept == [
+    assert curate_faces(faces_table, CurateOptions(**{**NO_FILTERS, "blur_threshold": sharpest})).kept == [
         row["face_id"] for row in rows if row["blur"] >= sharpest
     ]
-    blur = curate_faces(faces_table, CurateOptions(min_face_size=0, blur_threshold=1e9))
+    blur = curate_faces(faces_table, CurateOptions(**{**NO_FILTERS, "blur_threshold": 1e9}))
     assert not blur.kept and all(reason.startswith("blurry") for reason in blur.rejected.values())
     strict.save(tmp_path / "selection.json")
     assert Selection.load(tmp_path / "selection.json") == strict
@@ -50,8 +55,37 @@ def test_thresholds_leave_out_small_and_blurry_faces_with_reasons(faces_table, t
 
 def test_hand_rejects_win_over_thresholds(faces_table):
     first = open_faces(faces_table).to_table(columns=["face_id"]).to_pylist()[0]["face_id"]
-    selection = curate_faces(faces_table, CurateOptions(min_face_size=0, blur_threshold=0), {first: "eyes closed"})
+    selection = curate_faces(faces_table, CurateOptions(**NO_FILTERS), {first: "eyes closed"})
     assert first not in selection.kept and selection.rejected == {first: "by hand: eyes closed"}
+
+
+def rows_by_path(faces_table):
+    rows = open_faces(faces_table).to_table(columns=["face_id", "source_path", "embedding"]).to_pylist()
+    return {row["source_path"].rsplit("/", 1)[-1]: row for row in rows}
+
+
+def test_identity_keeps_only_the_reference_person(faces_table):
+    rows = rows_by_path(faces_table)
+    reference = np.asarray([rows["identities_barack_obama_obama2.jpg"]["embedding"]], np.float32)
+    selection = curate_faces(faces_table, CurateOptions(**{**NO_FILTERS, "identity": "reference"}), references=reference)
+    obama = {row["face_id"] for name, row in rows.items() if "obama" in name}
+    assert obama <= set(selection.kept)
+    perry = rows["identities_katy_perry_img27.jpg"]["face_id"]
+    assert selection.rejected[perry].startswith("other person")
+
+
+def test_the_same_photo_twice_is_a_duplicate_and_the_sharper_copy_stays(faces_table):
+    rows = rows_by_path(faces_table)
+    selection = curate_faces(faces_table, CurateOptions(**{**NO_FILTERS, "dedup_threshold": 0.25}))
+    small, large = rows["identities_barack_obama_obama_small.jpg"]["face_id"], rows["identities_barack_obama_obama.jpg"]["face_id"]
+    assert {small, large} & set(selection.rejected), "one copy is dropped"
+    dropped = small if small in selection.rejected else large
+    assert selection.rejected[dropped].startswith("duplicate: of ")
+
+
+def test_best_n_keeps_the_budget(faces_table):
+    selection = curate_faces(faces_table, CurateOptions(**{**NO_FILTERS, "max_faces": 2}))
+    assert len(selection.kept) == 2 and sum(r.startswith("over budget") for r in selection.rejected.values()) >= 3
 
 
 def test_unknown_selection_format_is_refused(tmp_path):

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from tasks.align import compute_alignment, warp_to_crop
-from tasks.dedup import DEFAULT_PIXEL_THRESHOLD, make_thumbnails, near_duplicates, normalise_thumbnails, pixel_differences
+from tasks.dedup import (
+    DEFAULT_PIXEL_THRESHOLD,
+    make_thumbnails,
+    near_duplicates,
+    normalise_thumbnails,
+    pixel_differences,
+)
 from tasks.detect import create_analyzer
 from tasks.images import list_media, read_image
 from tasks.scores import blur_score

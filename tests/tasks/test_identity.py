@@ -89,7 +89,7 @@ def test_reference_folder_without_any_face_names_the_files(tmp_path, media_dir, 
 
 
 def test_rows_without_a_descriptor_are_never_matched(described):
-    descriptors, people = described
+    descriptors, _ = described
     with_missing = descriptors.copy()
     with_missing[0] = np.nan
     keep, distance = match_references(with_missing, descriptors[:1])

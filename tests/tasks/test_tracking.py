@@ -59,7 +59,8 @@ def test_follower_keeps_one_stable_track_on_a_talking_head(talking_head, analyze
     assert found >= 0.98 * len(talking_head), f"face in only {found}/{len(talking_head)} frames"
     assert len({item.track_id for faces in followed for item in faces}) == 1, "a steady face keeps one track id"
     assert follower.detections <= len(talking_head) / 4, "the detector runs on about one frame in five"
-    assert sum(item.detected for faces in followed for item in faces) == follower.detections
+    detected = [index for index, faces in enumerate(followed) if faces[0].detected]
+    assert detected[0] == 0 and max(np.diff(detected)) <= 5, "refits never run longer than detect_every - 1 frames"
 
 
 def test_refitted_landmarks_stay_close_to_a_full_detection(talking_head, analyzer):
@@ -110,3 +111,18 @@ def test_follower_rejects_bad_settings(analyzer):
         FaceFollower(analyzer, detect_every=0)
     with pytest.raises(ValueError, match="embed_every"):
         TrackIdentities(analyzer, every=-1)
+
+
+class DetectOnly:
+    """The dlib analyzer seen through the plain FaceAnalyzer interface (no landmark refits)."""
+
+    name = "detect-only"
+
+    def __init__(self, analyzer):
+        self.detect, self.embed = analyzer.detect, analyzer.embed
+
+
+def test_an_analyzer_without_refits_detects_on_every_frame(talking_head, analyzer):
+    follower = FaceFollower(DetectOnly(analyzer), detect_every=5, max_faces=1)
+    followed = [follower.follow(frame) for frame in talking_head[:8]]
+    assert follower.detections == 8 and all(faces and faces[0].detected for faces in followed)

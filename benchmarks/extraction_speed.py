@@ -7,8 +7,8 @@ DeepFaceLab extracts) three ways into a temporary faces table, each beside decod
 measured in the same run:
 
 - per frame: the detector and an identity descriptor on every frame (detect_every 1, embed_every 1);
-- tracked: the default settings (detect every 5th frame, landmark refits between, a descriptor
-  every 30th face of a track);
+- tracked: the default settings (detect every 5th frame, coarsely while the face is tracked,
+  landmark refits between, a descriptor every 30th face of a track);
 - tracked + smoothing: the same with smooth_landmarks (landmark jitter before/after is reported).
 
 Recall is the share of frames with at least one face. Jitter is tasks.smoothing.jitter (landmark
@@ -31,7 +31,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.extract import FaceOptions, SideOptions, create_face_analyzer, extract_source, plan_extraction, settings_fingerprint  # noqa: E402
+from tasks.extract import (  # noqa: E402
+    FaceOptions,
+    SideOptions,
+    create_face_analyzer,
+    extract_source,
+    plan_extraction,
+    settings_fingerprint,
+)
 from tasks.faceset import finalize_table, open_faces  # noqa: E402
 from tasks.smoothing import jitter  # noqa: E402
 from tasks.video import VideoWriter, iter_frames, probe_video  # noqa: E402

@@ -157,7 +157,6 @@ class DlibAnalyzer:
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return np.asarray(self._describer.compute_face_descriptor(rgb, shape), dtype=np.float32)
 
-
     def fit_landmarks(self, image: np.ndarray, box: tuple[float, float, float, float]) -> DetectedFace:
         """Fit the 68 landmarks inside a given box, without running the detector (about 1-2 ms).
 
@@ -180,6 +179,33 @@ class DlibAnalyzer:
         shape = self._shape_predictor(rgb, dlib.rectangle(round(x0), round(y0), round(x1) - 1, round(y1) - 1))
         landmarks = np.array([(point.x, point.y) for point in shape.parts()], dtype=np.float32)
         return DetectedFace(bbox=(x0, y0, x1, y1), score=0.0, landmarks=landmarks)
+
+    def detect_at_least(self, image: np.ndarray, min_size: float) -> list[DetectedFace]:
+        """Find the faces whose bbox side is at least about `min_size` pixels, with fewer upsampling passes.
+
+        Re-detecting faces known to be large needs no upsampling: the HOG detector then searches a
+        quarter of the pixels per pass saved. Smaller faces may be missed. The CNN detector keeps
+        its upsampling.
+
+        Args:
+            image: uint8 (H, W, 3) BGR frame.
+            min_size: smallest face side needed, in frame pixels.
+
+        Returns:
+            As detect(): the faces found, largest first.
+        """
+        if self.detector != "hog":
+            return self.detect(image)
+        scale = min(1.0, self.max_side / max(image.shape[:2]))
+        upsample = 0  # HOG's window is 80 px of the detection copy, halved by each upsampling pass
+        while upsample < self.upsample and 80 / (scale * 2**upsample) > min_size:
+            upsample += 1
+        configured, self.upsample = self.upsample, upsample
+        try:
+            return self.detect(image)
+        finally:
+            self.upsample = configured
+
 
 def _check_frame(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

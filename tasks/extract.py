@@ -1,11 +1,8 @@
 """Extraction: decode videos and photos, find faces, align them and append them to a faces table.
 
-Videos are followed, not searched frame by frame: the full detector runs every
-``detect_every`` analysed frames and landmarks are refitted along each track in between
-(tasks/tracking.py); identity descriptors are computed every ``embed_every`` faces of a track and
-carried along it. With ``smooth_landmarks`` the landmarks of each track are smoothed over time
-before the faces are aligned (tasks/smoothing.py): rows are then written a smoothing window behind
-decoding, which holds only that window's frames in memory (no second decode of the source).
+Videos are followed along tracks (tasks/tracking.py: detection every few frames, landmark refits
+between, a descriptor every few faces carried along the track). With ``smooth_landmarks`` rows are
+built a smoothing window behind decoding (tasks/smoothing.py), holding only that window's frames.
 
 The table remembers which sources it holds (by content hash) and with which settings, so a rerun
 skips finished sources, redoes a source that was interrupted, drops sources that were removed, and
@@ -15,24 +12,22 @@ gave before the failure, and the failure is reported with the file's name.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 from pydantic import ConfigDict, with_config
 
-from tasks.align import FaceType, compute_alignment, warp_to_crop
-from tasks.detect import DetectedFace, DetectorKind, FaceAnalyzer, create_analyzer
+from tasks.align import FaceType
+from tasks.detect import DetectorKind, FaceAnalyzer, create_analyzer
 from tasks.faceset import (
     FACES_SCHEMA,
     SETTINGS_KEY,
-    FacesetError,
     SOURCES_KEY,
+    FacesetError,
     append_rows,
     create_empty_table,
     hash_file,
@@ -40,9 +35,9 @@ from tasks.faceset import (
     read_json_metadata,
     write_json_metadata,
 )
+from tasks.face_rows import build_face_row
 from tasks.images import IMAGE_SUFFIXES, ImageError, list_media, read_image
-from tasks.pose import estimate_pose
-from tasks.scores import score_crop
+from tasks.rotation import RotationRetryAnalyzer
 from tasks.smoothing import LandmarkSmoother
 from tasks.tracking import FaceFollower, TrackedFace, TrackIdentities
 from tasks.video import VideoError, iter_frames, probe_video
@@ -50,6 +45,7 @@ from tasks.video import VideoError, iter_frames, probe_video
 logger = logging.getLogger(__name__)
 
 AnalyzerName = Literal["dlib"]
+RotateRetry = Literal["off", "photos", "all"]
 ROWS_PER_COMMIT = 256
 
 
@@ -91,6 +87,9 @@ class SideOptions:
     # zero-lag temporal smoothing of each track's landmarks before alignment (anti-jitter; worth it
     # for dst): Gaussian sigma in analysed frames, e.g. 1.5; 0 = off
     smooth_landmarks: float = 0.0
+    # look again at 90/180/270 degrees when nothing is found: photos (cheap), all (videos too:
+    # a faceless frame then costs four detections), off
+    rotate_retry: RotateRetry = "photos"
 
     def __post_init__(self) -> None:
         if self.fps is not None and self.fps <= 0:
@@ -142,7 +141,13 @@ def plan_extraction(raw_dir: Path, table_path: Path, settings: dict, root: Path)
     interruption never duplicates faces.
     """
     videos, images = list_media(raw_dir) if raw_dir.exists() else ([], [])
-    current = {hash_file(path): path for path in videos + images}
+    current: dict[str, Path] = {}
+    for path in videos + images:
+        source_id = hash_file(path)
+        if source_id in current:
+            logger.warning("%s has the same content as %s: extracting it once", path, current[source_id])
+            continue
+        current[source_id] = path
 
     recorded: dict[str, dict] | None = None
     if table_path.exists():
@@ -205,47 +210,6 @@ def expected_frames(path: Path, side: SideOptions) -> int | None:
     return max(1, int(sampled) // side.every_n)
 
 
-def build_face_row(
-    frame: np.ndarray,
-    face: DetectedFace,
-    embedding: np.ndarray | None,
-    options: FaceOptions,
-    source: tuple[str, str],
-    position: tuple[int, float, int, int],
-) -> dict:
-    """One faces-table row for a face (alignment, crop, pose and scores from its landmarks)."""
-    source_id, source_path = source
-    frame_index, timestamp, face_index, track_id = position
-    matrix = compute_alignment(face.landmarks, options.face_type, options.size)
-    crop = warp_to_crop(frame, matrix, options.size)
-    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality])
-    if not ok:
-        raise RuntimeError(f"JPEG encoding failed for a face in {source_path} frame {frame_index}")
-    yaw, pitch, roll = estimate_pose(face.landmarks, frame.shape[:2])
-    scores = score_crop(crop)
-    return {
-        "face_id": f"{source_id}-{frame_index:06d}-{face_index:02d}",
-        "source_id": source_id,
-        "source_path": source_path,
-        "frame_index": frame_index,
-        "timestamp": float(timestamp),
-        "face_index": face_index,
-        "track_id": track_id,
-        "bbox": [float(value) for value in face.bbox],
-        "detector_score": float(face.score),
-        "landmarks": face.landmarks.astype(np.float32).reshape(-1).tolist(),
-        "matrix": np.asarray(matrix, dtype=np.float32).reshape(-1).tolist(),
-        "face_type": options.face_type,
-        "crop_size": options.size,
-        "image": jpeg.tobytes(),
-        "yaw": float(yaw),
-        "pitch": float(pitch),
-        "roll": float(roll),
-        **scores,
-        "embedding": None if embedding is None else np.asarray(embedding, dtype=np.float32).tolist(),
-    }
-
-
 def extract_source(
     path: Path,
     source_id: str,
@@ -263,11 +227,9 @@ def extract_source(
     run retries it).
 
     Args:
-        path, source_id: the file and its content-hash id.
-        table_path: the faces table, prepared by plan_extraction.
-        analyzer: from create_face_analyzer.
-        faces_options, side: the extraction settings.
-        root: project root; the stored source path is relative to it.
+        path, source_id, table_path: the file, its content-hash id and the table (from plan_extraction).
+        analyzer, faces_options, side: from create_face_analyzer, and the settings.
+        root: project root, which the stored source path is relative to.
         on_frame: called with no arguments after each analysed frame (progress).
 
     Returns:
@@ -276,6 +238,8 @@ def extract_source(
     source_path = relative_path(path, root)
     report = SourceReport(path=source_path, source_id=source_id)
     is_photo = path.suffix.lower() in IMAGE_SUFFIXES
+    if side.rotate_retry == "all" or (side.rotate_retry == "photos" and is_photo):
+        analyzer = RotationRetryAnalyzer(analyzer)  # one per source: it remembers the turn that worked
     follower = FaceFollower(analyzer, detect_every=1 if is_photo else side.detect_every, max_faces=side.max_faces)
     identities = TrackIdentities(analyzer, side.embed_every) if side.embeddings else None
     smoother = LandmarkSmoother(0.0 if is_photo else side.smooth_landmarks)
@@ -331,7 +295,3 @@ def record_source(table_path: Path, report: SourceReport) -> None:
 
 def create_face_analyzer(faces: FaceOptions, side: SideOptions) -> FaceAnalyzer:
     return create_analyzer(faces.analyzer, detector=side.detector, upsample=side.upsample, min_size=side.min_face_size)
-
-
-def summarize(reports: list[SourceReport]) -> str:
-    return json.dumps([asdict(report) for report in reports], indent=2)

@@ -122,7 +122,7 @@ class LandmarkSmoother:
         if self.radius == 0:
             return payload, dict(landmarks)
         smoothed = {}
-        for track, points in landmarks.items():
+        for track in landmarks:
             near = [(other_step - step, other[track]) for other_step, _, other in self._window
                     if abs(other_step - step) <= self.radius and track in other]
             offsets = np.array([offset for offset, _ in near], dtype=np.float64)

@@ -9,13 +9,15 @@ at once, as do the first frame and a frame with no live track.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import cv2
 import numpy as np
 
+from tasks.align import compute_alignment
 from tasks.detect import DetectedFace, FaceAnalyzer
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,12 @@ Box = tuple[float, float, float, float]
 MAX_SCALE_CHANGE = 1.2  # ratio of landmark spreads (either way)
 MAX_SHIFT = 0.35  # landmark centre motion, in units of the landmark spread
 MAX_ASPECT_CHANGE = 1.2  # ratio of the landmarks' height/width (either way)
+# the eyes-to-mouth patch under a refit must still look like the track's patch one frame before
+# (normalised cross-correlation; the same face measures 0.7-1.0, a cut or a vanished face below 0.35)
+MIN_PATCH_CORRELATION = 0.6
+# re-detection of tracked faces only looks for faces down to this factor smaller than the smallest track
+SHRINK_MARGIN = 1.5
+PATCH_SIZE = 24
 
 
 def intersection_over_union(first: Box, second: Box) -> float:
@@ -119,11 +127,20 @@ def describe_spread(landmarks: np.ndarray) -> tuple[np.ndarray, float, float]:
     return centre, spread, float(extent[1] / max(extent[0], 1e-6))
 
 
+def face_patch(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """(PATCH_SIZE, PATCH_SIZE) float32 aligned grey eyes-to-mouth patch, zero mean and unit variance."""
+    matrix = compute_alignment(landmarks, "half", PATCH_SIZE)
+    patch = cv2.warpAffine(image, matrix, (PATCH_SIZE, PATCH_SIZE), borderMode=cv2.BORDER_REPLICATE)
+    grey = cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    return (grey - grey.mean()) / (grey.std() + 1e-3)
+
+
 @dataclass
 class _Track:
     """Live state of one track: its last landmarks and where the detector puts a box relative to them."""
 
     landmarks: np.ndarray  # (68, 2) frame px
+    patch: np.ndarray  # face_patch of the last frame
     box_offsets: np.ndarray  # (4,) detector box edges minus the landmark centre, in spreads (x0, y0, x1, y1)
     score: float  # the detector's score when the track was last detected
     unconfirmed: int = 0  # analysed frames since the detector last found this face
@@ -150,6 +167,8 @@ def _refit_is_plausible(before: np.ndarray, after: np.ndarray) -> bool:
 class FaceFollower:
     """Faces of consecutive frames with track ids: full detection every ``detect_every`` frames, refits between.
 
+    When every face wanted (max_faces) is tracked, scheduled detections look only for faces
+    about as large as the tracked ones (no upsampling for large faces: several times faster).
     A track that the detector misses is kept by a plausible refit while it was detected within the
     last ``detect_every`` frames, and the detector runs again on the next frame: a momentary miss
     does not drop a steady face, and a face that is gone is dropped within a few frames.
@@ -174,6 +193,7 @@ class FaceFollower:
         self.analyzer, self.detect_every, self.max_faces = analyzer, detect_every, max_faces
         self.tracker = tracker or FaceTracker()
         self._tracks: dict[int, _Track] = {}
+        self._patches: dict[int, np.ndarray] = {}  # face_patch of each accepted refit of the current frame
         self._since_detection = 0
         self.detections = 0  # full detector runs, for reports and benchmarks
 
@@ -186,7 +206,7 @@ class FaceFollower:
                 self._since_detection += 1
                 self.tracker.assign([], {tid: face.bbox for tid, face in refits.items()})
                 for tid, face in refits.items():
-                    self._remember(tid, face, detected=False)
+                    self._remember(image, tid, face, detected=False)
                 return self._ordered([TrackedFace(tid, face, False) for tid, face in refits.items()])
         return self._detect(image, refits)
 
@@ -197,8 +217,12 @@ class FaceFollower:
             centre, spread, _ = describe_spread(track.landmarks)
             box = tuple(float(value) for value in np.tile(centre, 2) + track.box_offsets * spread)
             face = self.fitter.fit_landmarks(image, box)
-            if _refit_is_plausible(track.landmarks, face.landmarks):
+            if not _refit_is_plausible(track.landmarks, face.landmarks):
+                continue
+            patch = face_patch(image, face.landmarks)
+            if float((patch * track.patch).mean()) >= MIN_PATCH_CORRELATION:
                 refits[tid] = DetectedFace(bbox=face.bbox, score=track.score, landmarks=face.landmarks)
+                self._patches[tid] = patch
         return refits
 
     @property
@@ -208,7 +232,7 @@ class FaceFollower:
     def _detect(self, image: np.ndarray, refits: dict[int, DetectedFace] | None) -> list[TrackedFace]:
         self.detections += 1
         self._since_detection = 0
-        faces = self.analyzer.detect(image)
+        faces = self._find_faces(image)
         if self.max_faces:
             faces = faces[: self.max_faces]
         track_ids = self.tracker.assign([face.bbox for face in faces])
@@ -231,15 +255,25 @@ class FaceFollower:
         for item in found:
             if not item.detected:
                 self._tracks[item.track_id] = previous[item.track_id]
-            self._remember(item.track_id, item.face, item.detected)
+            self._remember(image, item.track_id, item.face, item.detected)
         return self._ordered(found)
 
-    def _remember(self, track_id: int, face: DetectedFace, detected: bool) -> None:
+    def _find_faces(self, image: np.ndarray) -> list[DetectedFace]:
+        """Run the detector; coarser when every face wanted is tracked and large (no new face could be kept)."""
+        coarse = self.detect_every > 1 and self.max_faces and len(self._tracks) >= self.max_faces
+        if not (coarse and hasattr(self.analyzer, "detect_at_least")):
+            return self.analyzer.detect(image)
+        smallest = min(describe_spread(track.landmarks)[1] * float(np.ptp(track.box_offsets.reshape(2, 2), axis=0).min())
+                       for track in self._tracks.values())
+        return self.analyzer.detect_at_least(image, smallest / SHRINK_MARGIN)
+
+    def _remember(self, image: np.ndarray, track_id: int, face: DetectedFace, detected: bool) -> None:
         if detected:
-            self._tracks[track_id] = _Track(face.landmarks, _box_offsets(face), face.score)
+            self._tracks[track_id] = _Track(face.landmarks, face_patch(image, face.landmarks), _box_offsets(face),
+                                            face.score)
         else:
             track = self._tracks[track_id]
-            track.landmarks, track.unconfirmed = face.landmarks, track.unconfirmed + 1
+            track.landmarks, track.patch, track.unconfirmed = face.landmarks, self._patches[track_id], track.unconfirmed + 1
 
     @staticmethod
     def _ordered(faces: list[TrackedFace]) -> list[TrackedFace]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-
 import itertools
+import shutil
 
 import av
 import cv2
 import numpy as np
 import pytest
 
+from tasks.align import compute_alignment
 from tasks.extract import (
     FaceOptions,
     SideOptions,
@@ -19,7 +19,6 @@ from tasks.extract import (
     plan_extraction,
     settings_fingerprint,
 )
-from tasks.align import compute_alignment
 from tasks.faceset import SOURCES_KEY, finalize_table, open_faces, read_json_metadata
 from tasks.smoothing import jitter
 from tasks.video import VideoWriter, iter_frames, probe_video

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import ConfigDict, with_config
 
 from tasks.coverage_select import select_best
-from tasks.dedup import DEFAULT_PIXEL_THRESHOLD, make_thumbnails, near_duplicates
+from tasks.dedup import make_thumbnails, near_duplicates
 from tasks.faceset import open_faces
 from tasks.identity import DEFAULT_THRESHOLD, IdentityError, filter_identity
 from tasks.selection import Selection
@@ -35,7 +35,9 @@ class CurateOptions:
     blur_threshold: float = 10.0  # minimum blur score (variance of the Laplacian); 0 keeps all
     identity: IdentityMode = "auto"  # auto: reference photos in data/<side>/reference/ if any, else the dominant identity
     identity_threshold: float = DEFAULT_THRESHOLD  # descriptor distance; 0.56 measured on the identities test set
-    dedup_threshold: float = DEFAULT_PIXEL_THRESHOLD  # thumbnail difference below which faces are duplicates; 0 = off
+    # thumbnail difference below which faces are near-identical; 0 = off. 0.1 drops about a quarter of
+    # a talking head sampled at 10 frames/s (0.25, the "same moment" bound, would drop nine tenths)
+    dedup_threshold: float = 0.1
     max_faces: int = 0  # keep at most this many, spread over yaw/pitch (best-N); 0 = no limit
 
     def __post_init__(self) -> None:

@@ -30,6 +30,7 @@ from tasks.faceset import (
     FacesetError,
     append_rows,
     create_empty_table,
+    finalize_table,
     hash_file,
     open_faces,
     read_json_metadata,
@@ -291,6 +292,22 @@ def record_source(table_path: Path, report: SourceReport) -> None:
         "error": report.error,
     }
     write_json_metadata(table_path, SOURCES_KEY, sources)
+
+
+def extract_folder(
+    raw_dir: Path, table_path: Path, faces: FaceOptions, side: SideOptions, root: Path, analyzer: FaceAnalyzer | None = None
+) -> list[SourceReport]:
+    """Extract every pending source of a folder in this process and compact the table.
+
+    The extract stage's flow does the same with a retryable task per source; this is for scripts
+    and benchmarks.
+    """
+    plan = plan_extraction(raw_dir, table_path, settings_fingerprint(faces, side), root)
+    if plan.pending and analyzer is None:
+        analyzer = create_face_analyzer(faces, side)
+    reports = [extract_source(path, source_id, table_path, analyzer, faces, side, root) for path, source_id in plan.pending.items()]
+    finalize_table(table_path)
+    return reports
 
 
 def create_face_analyzer(faces: FaceOptions, side: SideOptions) -> FaceAnalyzer:

@@ -9,15 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.faceset_commands import SHEET_TILE, faceset_app
-from tasks.extract import (
-    FaceOptions,
-    SideOptions,
-    create_face_analyzer,
-    extract_source,
-    plan_extraction,
-    settings_fingerprint,
-)
-from tasks.faceset import finalize_table, open_faces
+from tasks.extract import FaceOptions, SideOptions, extract_folder
+from tasks.faceset import open_faces
 from tasks.sort import SORT_METHOD_CHOICES
 
 FACES = FaceOptions(size=64)
@@ -34,11 +27,7 @@ def project(tmp_path_factory, media_dir):
     for photo in PHOTOS:
         shutil.copy(media_dir / "photos" / photo, raw / photo.rsplit("/", 1)[-1])
     table = root / "data" / "src" / "faces.lance"
-    plan = plan_extraction(raw, table, settings_fingerprint(FACES, SIDE), root)
-    analyzer = create_face_analyzer(FACES, SIDE)
-    for path, source_id in plan.pending.items():
-        extract_source(path, source_id, table, analyzer, FACES, SIDE, root)
-    finalize_table(table)
+    extract_folder(raw, table, FACES, SIDE, root)
     return root
 
 

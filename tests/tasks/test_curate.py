@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tasks.curate import CurateOptions, curate_faces
-from tasks.extract import FaceOptions, SideOptions, create_face_analyzer, extract_source, plan_extraction, settings_fingerprint
-from tasks.faceset import finalize_table, open_faces
+from tasks.extract import FaceOptions, SideOptions, extract_folder
+from tasks.faceset import open_faces
 from tasks.selection import Selection
 
 
@@ -23,11 +23,7 @@ def faces_table(tmp_path_factory, media_dir):
         shutil.copy(media_dir / "photos" / name, raw / name.replace("/", "_"))
     faces, side = FaceOptions(size=96), SideOptions(embeddings=True, max_faces=0)
     table = root / "faces.lance"
-    plan = plan_extraction(raw, table, settings_fingerprint(faces, side), root)
-    analyzer = create_face_analyzer(faces, side)
-    for path, source_id in plan.pending.items():
-        extract_source(path, source_id, table, analyzer, faces, side, root)
-    finalize_table(table)
+    extract_folder(raw, table, faces, side, root)
     return table
 
 

@@ -7,8 +7,8 @@ import shutil
 import cv2
 import numpy as np
 
-from tasks.extract import FaceOptions, SideOptions, create_face_analyzer, extract_source, plan_extraction, settings_fingerprint
-from tasks.faceset import decode_png, finalize_table, open_faces, open_masks
+from tasks.extract import FaceOptions, SideOptions, extract_folder
+from tasks.faceset import decode_png, open_faces, open_masks
 from tasks.mask_table import MaskOptions, build_masks
 from tasks.training_data import load_side
 
@@ -19,10 +19,7 @@ def test_masks_cover_each_face_and_load_for_training(tmp_path, media_dir):
     shutil.copy(media_dir / "photos" / "misc" / "two_people.jpg", raw / "two.jpg")
     faces, side = FaceOptions(size=128), SideOptions(embeddings=False, max_faces=0)
     table = tmp_path / "faces.lance"
-    plan = plan_extraction(raw, table, settings_fingerprint(faces, side), tmp_path)
-    (path, source_id), = plan.pending.items()
-    extract_source(path, source_id, table, create_face_analyzer(faces, side), faces, side, tmp_path)
-    finalize_table(table)
+    extract_folder(raw, table, faces, side, tmp_path)
     count = build_masks(table, tmp_path / "masks.lance", MaskOptions())
     rows = open_faces(table).to_table(columns=["face_id", "image"]).to_pylist()
     masks = {row["face_id"]: decode_png(row["mask"]) for row in open_masks(tmp_path / "masks.lance").to_table().to_pylist()}

@@ -9,8 +9,8 @@ import torch
 
 from model.config import ModelConfig
 from model.networks import build_model
-from tasks.extract import FaceOptions, SideOptions, create_face_analyzer, extract_source, plan_extraction, settings_fingerprint
-from tasks.faceset import finalize_table, hash_file
+from tasks.extract import FaceOptions, SideOptions, extract_folder
+from tasks.faceset import hash_file
 from tasks.merge import FaceSwapper, MergeOptions, load_dst_faces, render_video, swap_frame
 from tasks.video import iter_frames, probe_video
 
@@ -25,10 +25,7 @@ def dst_project(tmp_path_factory, media_dir):
     (raw / "talk.mp4").symlink_to(media_dir / CLIP)
     faces, side = FaceOptions(size=128), SideOptions(upsample=0, embeddings=False)
     table = root / "faces.lance"
-    plan = plan_extraction(raw, table, settings_fingerprint(faces, side), root)
-    (path, source_id), = plan.pending.items()
-    extract_source(path, source_id, table, create_face_analyzer(faces, side), faces, side, root)
-    finalize_table(table)
+    extract_folder(raw, table, faces, side, root)
     return root, raw / "talk.mp4", table
 
 

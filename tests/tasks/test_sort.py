@@ -13,19 +13,11 @@ import pyarrow as pa
 import pytest
 
 from tasks import sort_images
-from tasks.extract import (
-    FaceOptions,
-    SideOptions,
-    create_face_analyzer,
-    extract_source,
-    plan_extraction,
-    settings_fingerprint,
-)
+from tasks.extract import FaceOptions, SideOptions, create_face_analyzer, extract_folder
 from tasks.faceset import (
     FACES_SCHEMA,
     FacesetError,
     create_empty_table,
-    finalize_table,
     open_faces,
     write_table,
 )
@@ -67,10 +59,7 @@ def table(tmp_path_factory, media_dir) -> Path:
     cv2.imwrite(str(raw / "obama_cut.png"), photo)
     path = root / "faces.lance"
     analyzer = create_face_analyzer(FACES, SIDE)
-    plan = plan_extraction(raw, path, settings_fingerprint(FACES, SIDE), root)
-    for source, source_id in plan.pending.items():
-        extract_source(source, source_id, path, analyzer, FACES, SIDE, root)
-    finalize_table(path)
+    extract_folder(raw, path, FACES, SIDE, root, analyzer)
     return path
 
 

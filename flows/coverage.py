@@ -10,7 +10,7 @@ import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.stages import SELECTION, faces_table
+from flows.stages import faces_table, selection_file
 from tasks.coverage_report import compare_coverage, render_markdown, render_plot
 from tasks.faceset import open_faces
 from tasks.selection import Selection
@@ -29,7 +29,7 @@ def coverage_flow(root: Path | None = None) -> dict:
     """Compare the pose coverage of src and dst and say what is missing."""
     logger = get_run_logger()
     root = (root or Path.cwd()).resolve()
-    kept = set(Selection.load(root / SELECTION).kept)
+    kept = set(Selection.load(root / selection_file("src")).kept)
     src_yaw, src_pitch = read_poses(root / faces_table("src"), kept)
     dst_yaw, dst_pitch = read_poses(root / faces_table("dst"))
     logger.info("read %d curated src faces and %d dst faces", len(src_yaw), len(dst_yaw))

@@ -53,6 +53,7 @@ class ExtractParams(Section):
 
 class CurateParams(Section):
     src: CurateOptions = Field(default_factory=CurateOptions)
+    dst: CurateOptions = Field(default_factory=CurateOptions)
 
 
 class TrainParams(Section):

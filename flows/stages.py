@@ -54,11 +54,12 @@ def checkpoint_dir(stage: str) -> str:
     return f"checkpoints/{stage}"
 
 
-SELECTION = "data/src/selection.json"
+def selection_file(side: str) -> str:
+    return f"data/{side}/selection.json"
 
 
 def training_inputs() -> list[str]:
-    return [faces_table("src"), masks_table("src"), SELECTION, faces_table("dst"), masks_table("dst")]
+    return [item for side in SIDES for item in (faces_table(side), masks_table(side), selection_file(side))]
 
 
 def render_stages(params: Params) -> dict:
@@ -76,7 +77,7 @@ def render_stages(params: Params) -> dict:
             },
         },
         "curate": {
-            "foreach": ["src"],
+            "foreach": list(SIDES),
             "do": {
                 "cmd": "faceflow stage curate ${item}",
                 "deps": ["data/${item}/faces.lance", "data/${item}/rejects.yaml", "data/${item}/reference",
@@ -87,7 +88,7 @@ def render_stages(params: Params) -> dict:
         },
         "coverage": {
             "cmd": "faceflow stage coverage",
-            "deps": [faces_table("src"), SELECTION, faces_table("dst"), *code_dependencies("flows/coverage.py")],
+            "deps": [faces_table("src"), selection_file("src"), faces_table("dst"), *code_dependencies("flows/coverage.py")],
             "outs": ["reports/coverage.md", "reports/coverage.png"],
         },
         "mask": {
@@ -135,7 +136,7 @@ def render_stages(params: Params) -> dict:
 
 def stage_order(params: Params) -> list[str]:
     """Every stage name as DVC knows it, in an order that respects the dependencies."""
-    names = [f"extract@{side}" for side in SIDES] + ["curate@src", "coverage"] + [f"mask@{side}" for side in SIDES] + ["init"]
+    names = [f"extract@{side}" for side in SIDES] + [f"curate@{side}" for side in SIDES] + ["coverage"] + [f"mask@{side}" for side in SIDES] + ["init"]
     names += [f"train@{name}" for name in params.train.stage_names]
     return names + ["merge", "export"]
 

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 
 from flows.params import ParamsError, load_params
 from flows.progress import progress_enabled
-from flows.stages import SELECTION, checkpoint_dir, faces_table, masks_table, write_metrics
+from flows.stages import checkpoint_dir, faces_table, masks_table, selection_file, write_metrics
 from model.checkpoint import read_manifest
 from tasks.selection import Selection
 from tasks.train import EmptyFacesetError, StageOptions, TrainingData, train_stage
@@ -28,10 +28,10 @@ CONTINUE_DIR = Path(".faceflow") / "continue"
 
 def load_training_data(root: Path, resolution: int) -> TrainingData:
     """Both sides' faces and masks; an empty side is an error that says what to do."""
-    src_faces, src_masks = load_side(root / faces_table("src"), root / masks_table("src"), root / SELECTION, resolution)
-    dst_faces, dst_masks = load_side(root / faces_table("dst"), root / masks_table("dst"), None, resolution)
+    src_faces, src_masks = load_side(root / faces_table("src"), root / masks_table("src"), root / selection_file("src"), resolution)
+    dst_faces, dst_masks = load_side(root / faces_table("dst"), root / masks_table("dst"), root / selection_file("dst"), resolution)
     if len(src_faces) == 0:
-        rejected = len(Selection.load(root / SELECTION).rejected)
+        rejected = len(Selection.load(root / selection_file("src")).rejected)
         raise EmptyFacesetError(
             "src",
             f"{faces_table('src')} has no usable faces ({rejected} left out by curate). Add videos or photos of the "
@@ -40,8 +40,9 @@ def load_training_data(root: Path, resolution: int) -> TrainingData:
     if len(dst_faces) == 0:
         raise EmptyFacesetError(
             "dst",
-            f"{faces_table('dst')} is empty: no face was found in data/raw/dst. Use a destination video in which the "
-            "face is visible, or lower extract.dst.min_face_size / raise extract.dst.upsample, then run again.",
+            f"{faces_table('dst')} has no usable faces ({len(Selection.load(root / selection_file('dst')).rejected)} left out "
+            "by curate). Use a destination video in which the face is visible, or lower extract.dst.min_face_size / "
+            "raise extract.dst.upsample, or loosen curate.dst in params.yaml, then run again.",
         )
     return TrainingData(src_faces, src_masks, dst_faces, dst_masks)
 

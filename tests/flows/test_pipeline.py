@@ -93,7 +93,7 @@ def test_prefect_pipeline_twice_reports_every_stage_cached(pipeline_project, mon
     monkeypatch.setenv("PATH", pipeline_project.env["PATH"])
     monkeypatch.setenv("FACEFLOW_PROGRESS", "0")
     first = pipeline_flow(pipeline_project.root)
-    assert set(first) >= {"extract@src", "extract@dst", "curate@src", "mask@src", "mask@dst", "init", "train@warp", "train@sharpen", "merge", "export"}
+    assert set(first) >= {"extract@src", "extract@dst", "curate@src", "curate@dst", "coverage", "mask@src", "mask@dst", "init", "train@warp", "train@sharpen", "merge", "export"}
     second = pipeline_flow(pipeline_project.root)
     assert set(second.values()) == {"cached"}, second
 

@@ -38,6 +38,7 @@ def test_video_without_faces_gives_a_warning_an_empty_table_and_a_clear_training
     assert any("no faces found" in record.getMessage() for record in caplog.records)
     extract_flow("dst", project)
     curate_flow("src", project)
+    curate_flow("dst", project)
     mask_flow("src", project)
     mask_flow("dst", project)
     assert open_masks(project / "data" / "dst" / "masks.lance").count_rows() == 1

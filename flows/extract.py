@@ -19,6 +19,7 @@ from tasks.extract import (
     plan_extraction,
     settings_fingerprint,
 )
+from tasks.decisions import load_landmark_overrides
 from tasks.faceset import finalize_table, open_faces
 from tasks.video import VideoError
 
@@ -40,12 +41,12 @@ def retry_unless_bad_media(task, task_run, state) -> bool:
 
 @task(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_bad_media, cache_policy=NONE)
 def extract_source_faces(
-    path: Path, source_id: str, table: Path, analyzer, faces: FaceOptions, side: SideOptions, root: Path
+    path: Path, source_id: str, table: Path, analyzer, faces: FaceOptions, side: SideOptions, root: Path, overrides: dict
 ) -> SourceReport:
     """Append the faces of one source file to the faces table."""
     logger = get_run_logger()
     with progress_bar(f"extract {path.name}", expected_frames(path, side)) as advance:
-        report = extract_source(path, source_id, table, analyzer, faces, side, root, on_frame=advance)
+        report = extract_source(path, source_id, table, analyzer, faces, side, root, on_frame=advance, overrides=overrides)
     if report.status == "failed":
         logger.error("%s: %s (kept the %d faces found before the error)", path, report.error, report.faces)
     else:
@@ -61,13 +62,14 @@ def extract_flow(side: Side, root: Path | None = None) -> dict:
     params = load_params(root / "params.yaml")
     faces, side_options = params.extract.faces, params.extract.side(side)
     raw_dir, table = root / "data" / "raw" / side, root / "data" / side / "faces.lance"
-    plan = plan_extraction(raw_dir, table, settings_fingerprint(faces, side_options), root)
+    overrides = load_landmark_overrides(root / "data" / side / "landmarks.yaml")
+    plan = plan_extraction(raw_dir, table, settings_fingerprint(faces, side_options), root, overrides)
     logger.info("read %s: %d sources to extract, %d already in %s", raw_dir, len(plan.pending), len(plan.done), table)
     reports: list[SourceReport] = []
     if plan.pending:
         analyzer = create_face_analyzer(faces, side_options)
         for path, source_id in plan.pending.items():
-            reports.append(extract_source_faces(path, source_id, table, analyzer, faces, side_options, root))
+            reports.append(extract_source_faces(path, source_id, table, analyzer, faces, side_options, root, overrides))
     finalize_table(table)
     total = open_faces(table).count_rows()
     logger.info("wrote %s: %d faces", table, total)

@@ -70,7 +70,7 @@ def render_stages(params: Params) -> dict:
             "foreach": list(SIDES),
             "do": {
                 "cmd": "faceflow stage extract ${item}",
-                "deps": ["data/raw/${item}", *code_dependencies("flows/extract.py")],
+                "deps": ["data/raw/${item}", "data/${item}/landmarks.yaml", *code_dependencies("flows/extract.py")],
                 "params": ["extract.faces", "extract.${item}"],
                 # persist: extraction keeps finished sources between runs and redoes only what changed
                 "outs": [{"data/${item}/faces.lance": {"persist": True}}],

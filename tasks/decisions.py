@@ -1,5 +1,7 @@
 """Human decisions about faces, kept as small git-tracked files the stages read.
 
+``data/<side>/landmarks.yaml`` places faces by hand where detection missed them or aligned them
+badly; extraction uses them instead of the detector on those frames.
 ``data/<side>/rejects.yaml`` maps face ids to the reason a person rejected them. Face ids are
 derived from content hashes, so the decisions survive re-extraction, and because the file is
 versioned with everything else, rolling the pipeline back restores the decisions of that time.
@@ -7,8 +9,12 @@ versioned with everything else, rolling the pipeline back restores the decisions
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 import yaml
 
@@ -53,3 +59,63 @@ def save_rejects(path: Path, rejects: dict[str, str]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(REJECTS_HEADER + body)
     os.replace(temporary, path)
+
+
+LANDMARKS_HEADER = """\
+# Faces placed by hand, for frames where detection missed a face or aligned it badly. Extraction
+# uses them instead of the detector on those frames and re-extracts a source when its entries change.
+# source file (as stored in the faces table, e.g. data/raw/src/clip.mp4; a photo's frame is 0)
+#   -> frame index -> list of faces, each either
+#        box: [x0, y0, x1, y1]           68 landmarks are fitted inside the box
+#        landmarks: [[x, y], ...]        all 68 points, in frame pixels
+faces: {}
+"""
+
+PlacedFace = dict  # {"box": [x0, y0, x1, y1]} or {"landmarks": (68, 2) array}
+
+
+def load_landmark_overrides(path: Path) -> dict[str, dict[int, list[PlacedFace]]]:
+    """source path -> frame index -> faces placed by hand; a missing file means none.
+
+    Raises:
+        DecisionsError: naming the file and the entry that is malformed.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise DecisionsError(f"{path} is not valid YAML ({error}); fix it or restore it with git") from None
+    if not isinstance(data, dict) or set(data) - {"faces"} or not isinstance(data.get("faces") or {}, dict):
+        raise DecisionsError(f"{path}: the file holds one mapping, 'faces: {{source file: {{frame: [faces]}}}}'")
+    overrides: dict[str, dict[int, list[PlacedFace]]] = {}
+    for source, frames in (data.get("faces") or {}).items():
+        if not isinstance(frames, dict):
+            raise DecisionsError(f"{path}: faces of {source!r} must map frame numbers to lists of faces")
+        overrides[str(source)] = {int(frame): [parse_placed_face(face, path, source, frame) for face in faces or []]
+                                  for frame, faces in frames.items()}
+    return overrides
+
+
+def parse_placed_face(face: object, path: Path, source: str, frame: int) -> PlacedFace:
+    where = f"{path}: {source} frame {frame}"
+    if isinstance(face, dict) and set(face) == {"box"}:
+        box = face["box"]
+        if not (isinstance(box, list) and len(box) == 4 and box[0] < box[2] and box[1] < box[3]):
+            raise DecisionsError(f"{where}: box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got {box!r}")
+        return {"box": [float(value) for value in box]}
+    if isinstance(face, dict) and set(face) == {"landmarks"}:
+        points = np.asarray(face["landmarks"], np.float32)
+        if points.shape != (68, 2):
+            raise DecisionsError(f"{where}: landmarks must be 68 [x, y] pairs, got shape {points.shape}")
+        return {"landmarks": points}
+    raise DecisionsError(f"{where}: each face is either 'box: [x0, y0, x1, y1]' or 'landmarks: [[x, y], ...]' (68 points)")
+
+
+def overrides_key(frames: dict[int, list[PlacedFace]] | None) -> str | None:
+    """A short content hash of one source's placed faces (None when it has none)."""
+    if not frames:
+        return None
+    plain = {str(frame): [{key: np.asarray(value).tolist() for key, value in face.items()} for face in faces]
+             for frame, faces in sorted(frames.items())}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()[:16]

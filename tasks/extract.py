@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import ConfigDict, with_config
 
 from tasks.align import FaceType
-from tasks.detect import DetectorKind, FaceAnalyzer, create_analyzer
+from tasks.detect import DetectedFace, DetectorKind, FaceAnalyzer, create_analyzer
 from tasks.faceset import (
     FACES_SCHEMA,
     SETTINGS_KEY,
@@ -36,6 +36,7 @@ from tasks.faceset import (
     read_json_metadata,
     write_json_metadata,
 )
+from tasks.decisions import overrides_key
 from tasks.face_rows import build_face_row
 from tasks.images import IMAGE_SUFFIXES, ImageError, list_media, read_image
 from tasks.rotation import RotationRetryAnalyzer
@@ -120,6 +121,7 @@ class SourceReport:
     status: Literal["complete", "failed"] = "complete"
     error: str | None = None
     skipped: bool = False
+    overrides: str | None = None  # content key of the faces placed by hand on this source
 
 
 @dataclass
@@ -134,7 +136,9 @@ def settings_fingerprint(faces: FaceOptions, side: SideOptions) -> dict:
     return {"faces": asdict(faces), "side": asdict(side), "schema": FACES_SCHEMA.to_string()}
 
 
-def plan_extraction(raw_dir: Path, table_path: Path, settings: dict, root: Path) -> ExtractionPlan:
+def plan_extraction(
+    raw_dir: Path, table_path: Path, settings: dict, root: Path, overrides: dict[str, dict] | None = None
+) -> ExtractionPlan:
     """Make the table ready for this run and say which sources still need extracting.
 
     A table made with other settings (or unreadable) is rebuilt; rows of sources that are
@@ -169,6 +173,7 @@ def plan_extraction(raw_dir: Path, table_path: Path, settings: dict, root: Path)
         source_id: record
         for source_id, record in recorded.items()
         if record.get("status") == "complete" and source_id in current
+        and record.get("overrides") == overrides_key((overrides or {}).get(record["path"]))
     }
     # rows of anything not kept: removed or changed sources, failed ones, and an interrupted one never recorded
     leftover = f"source_id NOT IN ({', '.join(repr(source_id) for source_id in keep)})" if keep else "true"
@@ -220,6 +225,7 @@ def extract_source(
     side: SideOptions,
     root: Path,
     on_frame=None,
+    overrides: dict[str, dict] | None = None,
 ) -> SourceReport:
     """Extract every face of one video or photo into the table and record the source.
 
@@ -232,12 +238,16 @@ def extract_source(
         analyzer, faces_options, side: from create_face_analyzer, and the settings.
         root: project root, which the stored source path is relative to.
         on_frame: called with no arguments after each analysed frame (progress).
+        overrides: faces placed by hand (tasks.decisions.load_landmark_overrides), used instead of
+            the detector on their frames.
 
     Returns:
         The source's report, also recorded in the table's metadata.
     """
     source_path = relative_path(path, root)
-    report = SourceReport(path=source_path, source_id=source_id)
+    placed = (overrides or {}).get(source_path, {})
+    report = SourceReport(path=source_path, source_id=source_id, overrides=overrides_key(placed))
+    fitter = analyzer
     is_photo = path.suffix.lower() in IMAGE_SUFFIXES
     if side.rotate_retry == "all" or (side.rotate_retry == "photos" and is_photo):
         analyzer = RotationRetryAnalyzer(analyzer)  # one per source: it remembers the turn that worked
@@ -255,7 +265,10 @@ def extract_source(
 
     try:
         for step, (frame_index, timestamp, frame) in enumerate(iter_source_frames(path, side)):
-            faces: list[TrackedFace] = follower.follow(frame)
+            if frame_index in placed:
+                faces: list[TrackedFace] = follower.place(frame, [place_face(fitter, frame, face) for face in placed[frame_index]])
+            else:
+                faces = follower.follow(frame)
             embeddings = identities.describe(frame, faces) if identities else [None] * len(faces)
             landmarks = {item.track_id: item.face.landmarks for item in faces}
             add_rows(smoother.push(step, (frame_index, timestamp, frame, faces, embeddings), landmarks))
@@ -290,22 +303,37 @@ def record_source(table_path: Path, report: SourceReport) -> None:
         "faces": report.faces,
         "status": report.status,
         "error": report.error,
+        "overrides": report.overrides,
     }
     write_json_metadata(table_path, SOURCES_KEY, sources)
 
 
+def place_face(fitter: FaceAnalyzer, frame: np.ndarray, placed: dict) -> DetectedFace:
+    """A face placed by hand: given landmarks as they are, or landmarks fitted inside a given box."""
+    if "landmarks" in placed:
+        points = placed["landmarks"]
+        box = (*points.min(axis=0).tolist(), *points.max(axis=0).tolist())
+        return DetectedFace(bbox=tuple(float(value) for value in box), score=1.0, landmarks=points)
+    if not hasattr(fitter, "fit_landmarks"):
+        raise ValueError(f"the {fitter.name} analyzer cannot fit landmarks in a box: give all 68 landmarks instead")
+    face = fitter.fit_landmarks(frame, tuple(placed["box"]))
+    return DetectedFace(bbox=face.bbox, score=1.0, landmarks=face.landmarks)
+
+
 def extract_folder(
-    raw_dir: Path, table_path: Path, faces: FaceOptions, side: SideOptions, root: Path, analyzer: FaceAnalyzer | None = None
+    raw_dir: Path, table_path: Path, faces: FaceOptions, side: SideOptions, root: Path, analyzer: FaceAnalyzer | None = None,
+    overrides: dict[str, dict] | None = None,
 ) -> list[SourceReport]:
     """Extract every pending source of a folder in this process and compact the table.
 
     The extract stage's flow does the same with a retryable task per source; this is for scripts
     and benchmarks.
     """
-    plan = plan_extraction(raw_dir, table_path, settings_fingerprint(faces, side), root)
+    plan = plan_extraction(raw_dir, table_path, settings_fingerprint(faces, side), root, overrides)
     if plan.pending and analyzer is None:
         analyzer = create_face_analyzer(faces, side)
-    reports = [extract_source(path, source_id, table_path, analyzer, faces, side, root) for path, source_id in plan.pending.items()]
+    reports = [extract_source(path, source_id, table_path, analyzer, faces, side, root, overrides=overrides)
+               for path, source_id in plan.pending.items()]
     finalize_table(table_path)
     return reports
 

@@ -210,6 +210,15 @@ class FaceFollower:
                 return self._ordered([TrackedFace(tid, face, False) for tid, face in refits.items()])
         return self._detect(image, refits)
 
+    def place(self, image: np.ndarray, faces: list[DetectedFace]) -> list[TrackedFace]:
+        """Faces a person placed by hand on this frame, used instead of the detector's; tracking goes on from them."""
+        self._since_detection = 0
+        track_ids = self.tracker.assign([face.bbox for face in faces])
+        self._tracks = {}
+        for track_id, face in zip(track_ids, faces, strict=True):
+            self._remember(image, track_id, face, detected=True)
+        return self._ordered([TrackedFace(tid, face, True) for tid, face in zip(track_ids, faces, strict=True)])
+
     def _refit(self, image: np.ndarray) -> dict[int, DetectedFace]:
         """Refits of every live track that pass the plausibility check (others are left out)."""
         refits = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 
@@ -186,3 +187,35 @@ def test_tracked_extraction_finds_every_face_and_smooths_landmarks(tmp_path, med
 def test_tracking_options_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         SideOptions(**{field: value})
+
+
+def test_faces_placed_by_hand_replace_the_detector_and_rerun_only_their_source(tmp_path, media_dir, analyzer):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(media_dir / "photos" / "identities" / "barack_obama" / "obama.jpg", raw / "a.jpg")
+    shutil.copy(media_dir / "photos" / "identities" / "joe_biden" / "biden.jpg", raw / "b.jpg")
+    table = tmp_path / "faces.lance"
+    found = {row["source_path"]: row for row in _extract_rows(raw, table, tmp_path, analyzer, SIDE)}
+    blind = dataclasses.replace(SIDE, min_face_size=100_000)  # the detector now ignores every face
+    blind_analyzer = create_face_analyzer(FACES, blind)
+    shutil.rmtree(table)
+    assert _extract_rows(raw, table, tmp_path, blind_analyzer, blind) == []
+    a_path = "raw/a.jpg"
+    overrides = {a_path: {0: [{"box": list(found[a_path]["bbox"])}]}}
+    plan = plan_extraction(raw, table, settings_fingerprint(FACES, blind), tmp_path, overrides)
+    assert [path.name for path in plan.pending] == ["a.jpg"], "only the source whose placed faces changed is redone"
+    for path, source_id in plan.pending.items():
+        extract_source(path, source_id, table, blind_analyzer, FACES, blind, tmp_path, overrides=overrides)
+    rows = open_faces(table).to_table().to_pylist()
+    assert [row["source_path"] for row in rows] == [a_path]
+    placed, detected = np.asarray(rows[0]["landmarks"]).reshape(68, 2), np.asarray(found[a_path]["landmarks"]).reshape(68, 2)
+    assert np.abs(placed - detected).max() < 3, "landmarks fitted in the given box match the detector's"
+    assert plan_extraction(raw, table, settings_fingerprint(FACES, blind), tmp_path, overrides).pending == {}
+
+
+def _extract_rows(raw, table, root, analyzer, side):
+    plan = plan_extraction(raw, table, settings_fingerprint(FACES, side), root)
+    for path, source_id in plan.pending.items():
+        extract_source(path, source_id, table, analyzer, FACES, side, root)
+    finalize_table(table)
+    return open_faces(table).to_table().to_pylist()

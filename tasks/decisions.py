@@ -29,18 +29,23 @@ class DecisionsError(ValueError):
     """A decisions file cannot be read; the message names it and the problem."""
 
 
+def read_decisions_file(path: Path) -> object:
+    """The YAML of a decisions file ({} when it does not exist yet)."""
+    if not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise DecisionsError(f"{path} is not valid YAML ({error}); fix it or restore it with git") from None
+
+
 def load_rejects(path: Path) -> dict[str, str]:
     """face id -> reason; a missing file means no decisions yet.
 
     Raises:
         DecisionsError: the file is not YAML or not a mapping under ``rejects``.
     """
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise DecisionsError(f"{path} is not valid YAML ({error}); fix it or restore it with git") from None
+    data = read_decisions_file(path)
     rejects = data.get("rejects", {}) if isinstance(data, dict) else None
     if rejects is None:
         rejects = {}
@@ -80,12 +85,7 @@ def load_landmark_overrides(path: Path) -> dict[str, dict[int, list[PlacedFace]]
     Raises:
         DecisionsError: naming the file and the entry that is malformed.
     """
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise DecisionsError(f"{path} is not valid YAML ({error}); fix it or restore it with git") from None
+    data = read_decisions_file(path)
     if not isinstance(data, dict) or set(data) - {"faces"} or not isinstance(data.get("faces") or {}, dict):
         raise DecisionsError(f"{path}: the file holds one mapping, 'faces: {{source file: {{frame: [faces]}}}}'")
     overrides: dict[str, dict[int, list[PlacedFace]]] = {}

@@ -16,6 +16,7 @@ from tasks.extract import (
     FaceOptions,
     SideOptions,
     create_face_analyzer,
+    extract_folder,
     extract_source,
     plan_extraction,
     settings_fingerprint,
@@ -214,8 +215,5 @@ def test_faces_placed_by_hand_replace_the_detector_and_rerun_only_their_source(t
 
 
 def _extract_rows(raw, table, root, analyzer, side):
-    plan = plan_extraction(raw, table, settings_fingerprint(FACES, side), root)
-    for path, source_id in plan.pending.items():
-        extract_source(path, source_id, table, analyzer, FACES, side, root)
-    finalize_table(table)
+    extract_folder(raw, table, FACES, side, root, analyzer)
     return open_faces(table).to_table().to_pylist()

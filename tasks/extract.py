@@ -6,7 +6,8 @@ built a smoothing window behind decoding (tasks/smoothing.py), holding only that
 
 The table remembers which sources it holds (by content hash) and with which settings, so a rerun
 skips finished sources, redoes a source that was interrupted, drops sources that were removed, and
-rebuilds everything when the face settings change. A source that fails midway keeps the faces it
+re-crops the stored faces when only their framing (face type, size, JPEG quality) changes
+(tasks/recrop.py: no detection), and rebuilds everything when other settings change. A source that fails midway keeps the faces it
 gave before the failure, and the failure is reported with the file's name.
 """
 
@@ -39,6 +40,7 @@ from tasks.faceset import (
 from tasks.decisions import overrides_key
 from tasks.face_rows import build_face_row
 from tasks.images import IMAGE_SUFFIXES, ImageError, list_media, read_image
+from tasks.recrop import can_recrop, recrop_table, restore_interrupted
 from tasks.rotation import RotationRetryAnalyzer
 from tasks.smoothing import LandmarkSmoother
 from tasks.tracking import FaceFollower, TrackedFace, TrackIdentities
@@ -141,7 +143,8 @@ def plan_extraction(
 ) -> ExtractionPlan:
     """Make the table ready for this run and say which sources still need extracting.
 
-    A table made with other settings (or unreadable) is rebuilt; rows of sources that are
+    A table whose settings differ only in framing (face type, size, JPEG quality) is re-cropped
+    from its stored landmarks; one made with other settings (or unreadable) is rebuilt; rows of sources that are
     incomplete, failed, changed or no longer present are deleted, so rerunning after an
     interruption never duplicates faces.
     """
@@ -155,13 +158,17 @@ def plan_extraction(
         current[source_id] = path
 
     recorded: dict[str, dict] | None = None
+    recrop = False
+    restore_interrupted(table_path)
     if table_path.exists():
         try:
             dataset = open_faces(table_path)
         except FacesetError as error:
             logger.warning("rebuilding %s: %s", table_path, error)
         else:
-            if read_json_metadata(dataset, SETTINGS_KEY) == settings:
+            stored = read_json_metadata(dataset, SETTINGS_KEY)
+            recrop = can_recrop(stored, settings)
+            if stored == settings or recrop:
                 recorded = read_json_metadata(dataset, SOURCES_KEY) or {}
             else:
                 logger.info("extraction settings changed: rebuilding %s", table_path)
@@ -183,6 +190,9 @@ def plan_extraction(
         logger.info("dropped the faces of removed, changed or unfinished sources from %s", table_path)
     if keep != recorded:
         write_json_metadata(table_path, SOURCES_KEY, keep)
+    if recrop:  # only the framing changed: the stored landmarks give the new crops, no detector needed
+        logger.info("face framing changed: re-cropping %s from its stored landmarks", table_path)
+        recrop_table(table_path, settings, root)
     return ExtractionPlan(
         pending={path: source_id for source_id, path in current.items() if source_id not in keep},
         done=keep,

@@ -150,8 +150,38 @@ def test_changed_settings_rebuild_the_table(tmp_path, media_dir, analyzer):
     shutil.copy(media_dir / "photos" / "identities" / "barack_obama" / "obama.jpg", raw / "a.jpg")
     table = tmp_path / "faces.lance"
     run_extraction(raw, table, tmp_path, analyzer)
-    plan = plan_extraction(raw, table, settings_fingerprint(FaceOptions(size=64), SIDE), tmp_path)
+    plan = plan_extraction(raw, table, settings_fingerprint(FACES, dataclasses.replace(SIDE, min_face_size=80)), tmp_path)
     assert len(plan.pending) == 1 and open_faces(table).count_rows() == 0
+
+
+def test_a_new_framing_is_recropped_from_stored_landmarks_without_detection(tmp_path, media_dir, analyzer):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_first_frames(media_dir / "videos" / "webcam_streamer.mp4", raw / "clip.mp4", 24)
+    shutil.copy(media_dir / "photos" / "identities" / "barack_obama" / "obama.jpg", raw / "a photo.jpg")
+    table, fresh = tmp_path / "faces.lance", tmp_path / "fresh" / "faces.lance"
+    extract_folder(raw, table, FACES, SIDE, tmp_path, analyzer=analyzer)
+    before = sorted(open_faces(table).to_table().to_pylist(), key=lambda row: row["face_id"])
+
+    reframed = FaceOptions(face_type="full", size=96, jpeg_quality=80)
+    reports = extract_folder(raw, table, reframed, SIDE, tmp_path, analyzer=None)  # no analyzer: nothing may detect
+    assert reports == []
+    after = sorted(open_faces(table).to_table().to_pylist(), key=lambda row: row["face_id"])
+    assert read_json_metadata(open_faces(table), "faceflow.settings") == settings_fingerprint(reframed, SIDE)
+    assert [row["face_id"] for row in after] == [row["face_id"] for row in before]
+    for old, new in zip(before, after, strict=True):
+        assert new["landmarks"] == old["landmarks"] and new["embedding"] == old["embedding"]
+        assert (new["face_type"], new["crop_size"]) == ("full", 96) and new["matrix"] != old["matrix"]
+        assert cv2.imdecode(np.frombuffer(new["image"], np.uint8), cv2.IMREAD_COLOR).shape == (96, 96, 3)
+
+    # the same faces extracted from scratch with the new framing: identical crops
+    extract_folder(raw, fresh, reframed, SIDE, tmp_path, analyzer=analyzer)
+    expected = {row["face_id"]: row for row in open_faces(fresh).to_table().to_pylist()}
+    assert sorted(expected) == sorted(row["face_id"] for row in after)
+    for row in after:
+        np.testing.assert_allclose(row["matrix"], expected[row["face_id"]]["matrix"], atol=1e-4)
+        assert row["image"] == expected[row["face_id"]]["image"]
+        assert row["blur"] == pytest.approx(expected[row["face_id"]]["blur"])
 
 
 def write_first_frames(source, target, count):

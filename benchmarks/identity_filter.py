@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.detect import create_analyzer
+from tasks.analyzers import create_analyzer
 from tasks.identity import (
     DEFAULT_THRESHOLD,
     MatchingScore,

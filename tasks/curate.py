@@ -17,8 +17,9 @@ from pydantic import ConfigDict, with_config
 
 from tasks.coverage_select import select_best
 from tasks.dedup import make_thumbnails, near_duplicates
-from tasks.faceset import open_faces
-from tasks.identity import DEFAULT_THRESHOLD, IdentityError, filter_identity
+from tasks.analyzers import IdentitySpace, identity_space
+from tasks.faceset import SETTINGS_KEY, open_faces, read_json_metadata
+from tasks.identity import IdentityError, filter_identity
 from tasks.selection import Selection
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,9 @@ class CurateOptions:
     min_face_size: int = 64  # shorter side of the detector box, frame pixels
     blur_threshold: float = 10.0  # minimum blur score (variance of the Laplacian); 0 keeps all
     identity: IdentityMode = "auto"  # auto: reference photos in data/<side>/reference/ if any, else the dominant identity
-    identity_threshold: float = DEFAULT_THRESHOLD  # descriptor distance; 0.56 measured on the identities test set
+    # descriptor distance under which two faces are one person; None = the analyzer's own
+    # (dlib 0.56, measured on the identities test set; insightface 1.10)
+    identity_threshold: float | None = None
     # thumbnail difference below which faces are near-identical; 0 = off. 0.1 drops about a quarter of
     # a talking head sampled at 10 frames/s (0.25, the "same moment" bound, would drop nine tenths)
     dedup_threshold: float = 0.1
@@ -43,7 +46,7 @@ class CurateOptions:
     def __post_init__(self) -> None:
         if self.min_face_size < 0 or self.blur_threshold < 0 or self.dedup_threshold < 0 or self.max_faces < 0:
             raise ValueError("curate.min_face_size, blur_threshold, dedup_threshold and max_faces must be >= 0")
-        if not 0 < self.identity_threshold < 2:
+        if self.identity_threshold is not None and not 0 < self.identity_threshold < 2:
             raise ValueError(f"curate.identity_threshold must be in (0, 2), got {self.identity_threshold}")
 
 
@@ -56,17 +59,21 @@ class FaceColumns:
     blur: np.ndarray
     yaw: np.ndarray
     pitch: np.ndarray
-    embeddings: np.ndarray  # (N, 128) float32, NaN rows where none was computed
+    embeddings: np.ndarray  # (N, D) float32, NaN rows where none was computed
     track_ids: np.ndarray
     source_ids: np.ndarray
+    space: IdentitySpace  # how the analyzer that made the table compares its descriptors
 
 
 def read_columns(faces_path: Path) -> FaceColumns:
-    table = open_faces(faces_path).to_table(
+    dataset = open_faces(faces_path)
+    settings = read_json_metadata(dataset, SETTINGS_KEY) or {}
+    space = identity_space(settings.get("faces", {}).get("analyzer", "dlib"))
+    table = dataset.to_table(
         columns=["face_id", "bbox", "blur", "yaw", "pitch", "embedding", "track_id", "source_id"]
     ).to_pydict()
     boxes = np.asarray(table["bbox"], np.float32).reshape(-1, 4)
-    embeddings = np.full((len(boxes), 128), np.nan, np.float32)
+    embeddings = np.full((len(boxes), space.embedding_size), np.nan, np.float32)
     for index, embedding in enumerate(table["embedding"]):
         if embedding is not None:
             embeddings[index] = embedding
@@ -79,6 +86,7 @@ def read_columns(faces_path: Path) -> FaceColumns:
         embeddings=embeddings,
         track_ids=np.asarray(table["track_id"], np.int64),
         source_ids=np.asarray(table["source_id"], dtype=object),
+        space=space,
     )
 
 
@@ -98,7 +106,8 @@ def identity_mask(columns: FaceColumns, options: CurateOptions, references: np.n
         logger.warning("no identity descriptors in the faces table (extract embeddings off): identity filter skipped")
         return keep, {}
     use_references = references if mode in ("auto", "reference") and references is not None and len(references) else None
-    result = filter_identity(columns.embeddings, use_references, options.identity_threshold, columns.track_ids, columns.source_ids)
+    threshold = options.identity_threshold if options.identity_threshold is not None else columns.space.same_person
+    result = filter_identity(columns.embeddings, use_references, threshold, columns.track_ids, columns.source_ids)
     return result.keep, result.reasons
 
 
@@ -111,7 +120,7 @@ def curate_faces(
         faces_path: the side's faces table.
         options: the side's curate params.
         rejects: face id -> reason, from the hand-rejects file.
-        references: (K, 128) descriptors of the reference photos, if any.
+        references: (K, D) descriptors of the reference photos (same analyzer as the table), if any.
     """
     rejects = rejects or {}
     columns = read_columns(faces_path)
@@ -147,7 +156,8 @@ def drop_duplicates(faces_path: Path, columns: FaceColumns, candidates: np.ndarr
     """Near-duplicates among ``candidates``: the sharpest of each group stays."""
     images = open_faces(faces_path).take(candidates.tolist(), columns=["image"]).to_pydict()["image"]
     order = np.argsort(-columns.blur[candidates], kind="stable")
-    keep, duplicate_of = near_duplicates(make_thumbnails(images), columns.embeddings[candidates], order, pixel_threshold=threshold)
+    keep, duplicate_of = near_duplicates(make_thumbnails(images), columns.embeddings[candidates], order, pixel_threshold=threshold,
+                                         embedding_threshold=columns.space.duplicate)
     return {
         int(candidates[dropped]): f"duplicate: of {columns.face_ids[int(candidates[kept])]}"
         for dropped, kept in duplicate_of.items()

@@ -67,7 +67,7 @@ def pixel_differences(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def embedding_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """(A, 128) x (B, 128) -> (A, B) Euclidean distances; NaN where either row is missing."""
+    """(A, D) x (B, D) -> (A, B) Euclidean distances; NaN where either row is missing."""
     squared = (first**2).sum(axis=1)[:, None] + (second**2).sum(axis=1)[None, :] - 2.0 * first @ second.T
     return np.sqrt(np.clip(squared, 0.0, None))
 
@@ -127,7 +127,7 @@ def near_duplicates(
 
     Args:
         thumbnails: (N, t, t) uint8 grayscale thumbnails (make_thumbnails).
-        embeddings: (N, 128) descriptors, NaN rows where missing; None to compare pixels only.
+        embeddings: (N, D) descriptors, NaN rows where missing; None to compare pixels only.
         order: (N,) permutation of range(N), best face first (e.g. sharpest).
         pixel_threshold: root-mean-square difference of normalised thumbnails (0 .. 2).
         embedding_threshold: descriptor distance a duplicate must also be under.
@@ -144,8 +144,8 @@ def near_duplicates(
     if thumbnails.ndim != 3 or order.shape != (count,) or not np.array_equal(np.sort(order), np.arange(count)):
         raise ValueError(f"need (N, t, t) thumbnails and a permutation of range(N) as order; got thumbnails "
                          f"{thumbnails.shape} and order of shape {order.shape}")
-    if embeddings is not None and embeddings.shape != (count, 128):
-        raise ValueError(f"embeddings must be (N, 128) = ({count}, 128), got {embeddings.shape}")
+    if embeddings is not None and (embeddings.ndim != 2 or len(embeddings) != count):
+        raise ValueError(f"embeddings must be (N, D) with N = {count}, got {embeddings.shape}")
     rows = normalise_thumbnails(thumbnails)
     descriptors = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
 

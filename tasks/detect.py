@@ -1,7 +1,7 @@
 """Face detection, 68-point landmarks and identity descriptors.
 
-Analyzers share one interface (FaceAnalyzer) and are picked by name from ANALYZERS, so another
-detector can be added without touching the callers.
+Analyzers share one interface (FaceAnalyzer) and are picked by name from tasks.analyzers.ANALYZERS,
+so another detector can be added without touching the callers.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class FaceAnalyzer(Protocol):
             face: a face from detect() on that frame.
 
         Returns:
-            (128,) float32 descriptor; Euclidean distance < 0.6 suggests the same person.
+            (D,) float32 descriptor, D fixed per analyzer (dlib 128, insightface 512); compare by
+            Euclidean distance against the analyzer's tasks.analyzers.IdentitySpace.
         """
         ...
 
@@ -210,24 +211,3 @@ class DlibAnalyzer:
 def _check_frame(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 (H, W, 3) BGR frame, got {image.dtype} {image.shape}")
-
-
-ANALYZERS: dict[str, type] = {"dlib": DlibAnalyzer}
-
-
-def create_analyzer(name: str, **options) -> FaceAnalyzer:
-    """Build a registered analyzer.
-
-    Args:
-        name: a key of ANALYZERS.
-        **options: passed to the analyzer's constructor.
-
-    Returns:
-        The analyzer, models loaded.
-
-    Raises:
-        ValueError: unknown name (the message lists the choices) or bad options.
-    """
-    if name not in ANALYZERS:
-        raise ValueError(f"unknown face analyzer {name!r}; choose one of {sorted(ANALYZERS)}")
-    return ANALYZERS[name](**options)

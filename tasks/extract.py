@@ -23,7 +23,8 @@ import numpy as np
 from pydantic import ConfigDict, with_config
 
 from tasks.align import FaceType
-from tasks.detect import DetectedFace, DetectorKind, FaceAnalyzer, create_analyzer
+from tasks.analyzers import AnalyzerName, create_analyzer
+from tasks.detect import DetectedFace, DetectorKind, FaceAnalyzer
 from tasks.faceset import (
     FACES_SCHEMA,
     SETTINGS_KEY,
@@ -48,7 +49,6 @@ from tasks.video import VideoError, iter_frames, probe_video
 
 logger = logging.getLogger(__name__)
 
-AnalyzerName = Literal["dlib"]
 RotateRetry = Literal["off", "photos", "all"]
 ROWS_PER_COMMIT = 256
 
@@ -58,7 +58,12 @@ ROWS_PER_COMMIT = 256
 class FaceOptions:
     """How faces are aligned and stored (params.yaml ``extract.faces``; shared by src and dst)."""
 
+    # dlib: bundled, offline (HOG/CNN detector, 68 landmarks, 128-D descriptor); insightface: SCRFD,
+    # 68 3-D landmarks and 512-D ArcFace from a model pack you put on disk (see model_pack)
     analyzer: AnalyzerName = "dlib"
+    # insightface only: the model pack folder (e.g. buffalo_l), relative to the project root;
+    # None = ~/.insightface/models/buffalo_l
+    model_pack: str | None = None
     face_type: FaceType = "whole_face"
     size: int = 256  # aligned crop size in pixels
     jpeg_quality: int = 95
@@ -75,11 +80,11 @@ class FaceOptions:
 class SideOptions:
     """How one side's sources are read and searched (params.yaml ``extract.src`` / ``extract.dst``)."""
 
-    detector: DetectorKind = "hog"
-    upsample: int = 1  # detector upsampling passes: finds smaller faces, costs time
+    detector: DetectorKind = "hog"  # dlib only
+    upsample: int = 1  # dlib only: detector upsampling passes; finds smaller faces, costs time
     min_face_size: int = 40  # faces whose box is smaller (px) are ignored
     max_faces: int = 1  # per frame, largest first; 0 keeps every face
-    embeddings: bool = True  # 128-D identity descriptor per face
+    embeddings: bool = True  # identity descriptor per face (dlib 128-D, insightface 512-D)
     fps: float | None = None  # sample videos at this rate; None keeps every frame
     every_n: int = 1  # then keep every n-th sampled frame
     # videos: run the detector every n-th analysed frame and refit each track's landmarks in between
@@ -349,4 +354,8 @@ def extract_folder(
 
 
 def create_face_analyzer(faces: FaceOptions, side: SideOptions) -> FaceAnalyzer:
+    """The analyzer extract.faces names, set up with the side's detection options."""
+    if faces.analyzer == "insightface":
+        options = {"pack": faces.model_pack} if faces.model_pack else {}
+        return create_analyzer("insightface", min_size=side.min_face_size, **options)
     return create_analyzer(faces.analyzer, detector=side.detector, upsample=side.upsample, min_size=side.min_face_size)

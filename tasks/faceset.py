@@ -50,7 +50,7 @@ FACES_SCHEMA = pa.schema(
         pa.field("blur", pa.float32(), nullable=False),  # variance of the Laplacian inside the face; higher = sharper
         pa.field("brightness", pa.float32(), nullable=False),  # mean V of HSV, 0..255
         pa.field("hue", pa.float32(), nullable=False),  # circular mean hue, degrees
-        pa.field("embedding", pa.list_(pa.float32(), 128), nullable=True),  # identity descriptor
+        pa.field("embedding", pa.list_(pa.float32()), nullable=True),  # identity descriptor, length set by the analyzer
     ]
 )
 

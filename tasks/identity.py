@@ -1,6 +1,6 @@
 """Identity filtering: keep the faces of the target person and drop everyone else.
 
-With reference photos of the target, a face is kept when its 128-D descriptor lies within a
+With reference photos of the target, a face is kept when its identity descriptor lies within a
 distance threshold of the nearest reference. Without references, the descriptors are clustered
 and the largest cluster is taken to be the target. Faces linked into a track share one decision,
 so a face turned too far for a reliable descriptor still follows the rest of its track.
@@ -26,8 +26,7 @@ logger = logging.getLogger(__name__)
 # with >= 3 photos, 1 or 2 references each): precision and recall are >= 0.95 from 0.54 to 0.61;
 # 0.56 keeps every impostor out (nearest different-person pair: 0.575) at recall 0.98 (1 photo)
 # and 1.00 (2 photos).
-DEFAULT_THRESHOLD = 0.56
-DESCRIPTOR_SIZE = 128
+DEFAULT_THRESHOLD = 0.56  # dlib descriptors; other analyzers: tasks.analyzers.IDENTITY_SPACES
 
 
 class IdentityError(ValueError):
@@ -59,7 +58,7 @@ def reference_embeddings(folder: Path, analyzer: FaceAnalyzer) -> tuple[np.ndarr
         analyzer: the analyzer whose descriptors the faces table holds.
 
     Returns:
-        ((K, 128) float32 descriptors, the K photos they come from). Photos without a face are
+        ((K, D) float32 descriptors of the analyzer's size D, the K photos they come from). Photos without a face are
         logged and skipped; videos are ignored (with a warning).
 
     Raises:
@@ -68,7 +67,7 @@ def reference_embeddings(folder: Path, analyzer: FaceAnalyzer) -> tuple[np.ndarr
     """
     folder = Path(folder)
     if not folder.exists():
-        return np.empty((0, DESCRIPTOR_SIZE), np.float32), []
+        return np.empty((0, 0), np.float32), []
     videos, photos = list_media(folder)
     if videos:
         logger.warning("reference folder %s: videos are not used as references, only photos: %s", folder,
@@ -88,14 +87,16 @@ def reference_embeddings(folder: Path, analyzer: FaceAnalyzer) -> tuple[np.ndarr
                             "add clear, frontal photos of the target person or empty the folder to keep the "
                             "largest identity instead")
     logger.info("reference folder %s: %d photos, %d described", folder, len(photos), len(used))
-    stacked = np.stack(descriptors) if descriptors else np.empty((0, DESCRIPTOR_SIZE), np.float32)
+    stacked = np.stack(descriptors) if descriptors else np.empty((0, 0), np.float32)
     return stacked, used
 
 
-def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
+def _check_embeddings(embeddings: np.ndarray, size: int | None = None) -> np.ndarray:
     embeddings = np.asarray(embeddings, dtype=np.float32)
-    if embeddings.ndim != 2 or embeddings.shape[1] != DESCRIPTOR_SIZE:
-        raise ValueError(f"embeddings must be (N, {DESCRIPTOR_SIZE}), got {embeddings.shape}")
+    if embeddings.ndim != 2 or (size is not None and embeddings.shape[1] != size):
+        wanted = f"(N, {size})" if size is not None else "(N, D)"
+        raise ValueError(f"embeddings must be {wanted}, got {embeddings.shape}: were the references described by "
+                         "another analyzer than the faces table's?")
     return embeddings
 
 
@@ -104,8 +105,8 @@ def match_references(embeddings: np.ndarray, references: np.ndarray,
     """Keep the faces close to any reference descriptor.
 
     Args:
-        embeddings: (N, 128) descriptors; NaN rows (no descriptor) are never kept.
-        references: (K, 128) descriptors of the target, K >= 1.
+        embeddings: (N, D) descriptors; NaN rows (no descriptor) are never kept.
+        references: (K, D) descriptors of the target, K >= 1.
         threshold: largest Euclidean distance to the nearest reference that is kept.
 
     Returns:
@@ -114,7 +115,8 @@ def match_references(embeddings: np.ndarray, references: np.ndarray,
     Raises:
         ValueError: wrong shapes or no references.
     """
-    embeddings, references = _check_embeddings(embeddings), _check_embeddings(references)
+    embeddings = _check_embeddings(embeddings)
+    references = _check_embeddings(references, embeddings.shape[1]) if len(references) else _check_embeddings(references)
     if not len(references):
         raise ValueError("match_references needs at least one reference descriptor")
     distance = embedding_distances(embeddings, references).min(axis=1).astype(np.float32)
@@ -130,7 +132,7 @@ def dominant_identity(embeddings: np.ndarray, threshold: float = DEFAULT_THRESHO
     most faces is kept.
 
     Args:
-        embeddings: (N, 128) descriptors; NaN rows are never kept and get label -1.
+        embeddings: (N, D) descriptors; NaN rows are never kept and get label -1.
         threshold: distance under which two faces are linked as the same person.
 
     Returns:
@@ -185,8 +187,8 @@ def filter_identity(embeddings: np.ndarray, references: np.ndarray | None, thres
     """Decide which faces are the target person, whole tracks at a time.
 
     Args:
-        embeddings: (N, 128) descriptors, NaN rows where missing (the faces table's `embedding`).
-        references: (K, 128) descriptors of the target (reference_embeddings); None or empty to
+        embeddings: (N, D) descriptors, NaN rows where missing (the faces table's `embedding`).
+        references: (K, D) descriptors of the target (reference_embeddings); None or empty to
             keep the largest identity instead.
         threshold: descriptor distance under which two faces are the same person.
         track_ids: (N,) track per face; a track is kept or dropped whole, by the majority of its

@@ -7,7 +7,7 @@ import pytest
 
 from tasks.align import compute_alignment, warp_to_crop
 from tasks.coverage_select import coverage, pose_cells, select_best
-from tasks.detect import create_analyzer
+from tasks.analyzers import create_analyzer
 from tasks.images import read_image
 from tasks.pose import estimate_pose
 from tasks.scores import blur_score

@@ -88,3 +88,31 @@ def test_unknown_selection_format_is_refused(tmp_path):
     (tmp_path / "selection.json").write_text('{"version": 99}')
     with pytest.raises(ValueError, match="re-run the curate stage"):
         Selection.load(tmp_path / "selection.json")
+
+
+def test_curation_reads_the_descriptor_space_of_the_analyzer_that_made_the_table(tmp_path, faces_table):
+    """A table of 512-D ArcFace-style unit vectors: the insightface thresholds apply, not dlib's."""
+    import lance
+
+    from tasks.faceset import SETTINGS_KEY, read_json_metadata, write_json_metadata
+
+    table = tmp_path / "faces.lance"
+    shutil.copytree(faces_table, table)
+    rows = open_faces(table).to_table().to_pylist()
+    rng = np.random.default_rng(0)
+    target, other = (vector / np.linalg.norm(vector) for vector in rng.normal(size=(2, 512)))
+    for index, row in enumerate(rows):  # every face but the last is the target, seen with some noise
+        base = other if index == len(rows) - 1 else target
+        noisy = base + rng.normal(scale=0.02, size=512)
+        row["embedding"] = (noisy / np.linalg.norm(noisy)).astype(np.float32).tolist()
+    settings = read_json_metadata(open_faces(table), SETTINGS_KEY)
+    lance.write_dataset(open_faces(table).to_table().from_pylist(rows, schema=open_faces(table).schema), str(table),
+                        mode="overwrite")
+    write_json_metadata(table, SETTINGS_KEY, {**settings, "faces": {**settings["faces"], "analyzer": "insightface"}})
+
+    selection = curate_faces(table, CurateOptions(**{**NO_FILTERS, "identity": "dominant"}))
+    assert selection.kept == sorted(row["face_id"] for row in rows[:-1])
+    assert list(selection.rejected) == [rows[-1]["face_id"]]
+    # with dlib's threshold forced, the noisy copies of one person would be split apart
+    strict = curate_faces(table, CurateOptions(**{**NO_FILTERS, "identity": "dominant", "identity_threshold": 0.05}))
+    assert len(strict.kept) < len(rows) - 1

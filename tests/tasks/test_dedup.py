@@ -14,7 +14,7 @@ from tasks.dedup import (
     normalise_thumbnails,
     pixel_differences,
 )
-from tasks.detect import create_analyzer
+from tasks.analyzers import create_analyzer
 from tasks.images import list_media, read_image
 from tasks.scores import blur_score
 from tasks.video import iter_frames

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.detect import ANALYZERS, DetectedFace, DlibAnalyzer, create_analyzer
+from tasks.analyzers import ANALYZERS, create_analyzer
+from tasks.detect import DetectedFace, DlibAnalyzer
 from tasks.images import read_image
 
 OBAMA = "photos/identities/barack_obama/obama.jpg"

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tasks.detect import create_analyzer
+from tasks.analyzers import create_analyzer
 from tasks.identity import (
     DEFAULT_THRESHOLD,
     IdentityError,
@@ -84,7 +84,7 @@ def test_reference_folder_without_any_face_names_the_files(tmp_path, media_dir, 
         reference_embeddings(folder, analyzer)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert reference_embeddings(empty, analyzer)[0].shape == (0, 128)
+    assert len(reference_embeddings(empty, analyzer)[0]) == 0
     assert reference_embeddings(tmp_path / "missing", analyzer)[1] == []
 
 

@@ -13,7 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tasks.detect import DetectedFace, create_analyzer
+from tasks.analyzers import create_analyzer
+from tasks.detect import DetectedFace
 from tasks.images import read_image
 from tasks.insightface_analyzer import (
     EMBEDDING_SIZE,
@@ -170,3 +171,15 @@ def test_embeddings_are_unit_vectors():
         normalize_embedding(np.zeros(EMBEDDING_SIZE))
     with pytest.raises(ValueError, match=r"\(128,\)"):
         normalize_embedding(np.ones(128))
+
+
+def test_params_reach_the_insightface_backend(tmp_path):
+    from tasks.analyzers import ANALYZERS, identity_space
+    from tasks.extract import FaceOptions, SideOptions, create_face_analyzer
+    from tasks.insightface_analyzer import InsightFaceAnalyzer
+
+    assert ANALYZERS["insightface"] is InsightFaceAnalyzer and identity_space("insightface").embedding_size == 512
+    faces = FaceOptions(analyzer="insightface", model_pack=str(tmp_path / "packs" / "buffalo_l"))
+    # without the package: what to install; with it but no pack: where to put which files
+    with pytest.raises((InsightFaceMissingError, ModelPackError), match="pip install insightface|buffalo_l"):
+        create_face_analyzer(faces, SideOptions())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tasks.align import compute_alignment, transform_points, warp_to_crop
-from tasks.detect import create_analyzer
+from tasks.analyzers import create_analyzer
 from tasks.images import read_image
 from tasks.rotation import (
     RotationRetryAnalyzer,

@@ -14,7 +14,7 @@ gave before the failure, and the failure is reported with the file's name.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -211,12 +211,12 @@ def relative_path(path: Path, root: Path) -> str:
         return path.resolve().as_posix()
 
 
-def iter_source_frames(path: Path, side: SideOptions) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(frame_index, timestamp, bgr) for a video, or one frame for a photo."""
+def iter_source_frames(path: Path, side: SideOptions, include: Collection[int] = ()) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame_index, timestamp, bgr) for a video's sampled frames plus ``include``, or one frame for a photo."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         yield 0, 0.0, read_image(path)
         return
-    yield from iter_frames(path, every_n=side.every_n, fps=side.fps)
+    yield from iter_frames(path, every_n=side.every_n, fps=side.fps, include=include)
 
 
 def expected_frames(path: Path, side: SideOptions) -> int | None:
@@ -279,7 +279,7 @@ def extract_source(
                 pending.append(build_face_row(frame, face, embedding, faces_options, (source_id, source_path), position))
 
     try:
-        for step, (frame_index, timestamp, frame) in enumerate(iter_source_frames(path, side)):
+        for step, (frame_index, timestamp, frame) in enumerate(iter_source_frames(path, side, include=placed.keys())):
             if frame_index in placed:
                 faces: list[TrackedFace] = follower.place(frame, [place_face(fitter, frame, face) for face in placed[frame_index]])
             else:

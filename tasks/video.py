@@ -8,7 +8,8 @@ import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Literal, get_args
+from collections.abc import Collection, Iterator
+from typing import Literal, get_args
 
 import av
 import cv2
@@ -150,13 +151,16 @@ def _decode_stream(path: Path) -> Iterator[tuple[int, float, av.VideoFrame, int]
         container.close()
 
 
-def iter_frames(path: Path, every_n: int = 1, fps: float | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+def iter_frames(
+    path: Path, every_n: int = 1, fps: float | None = None, include: Collection[int] = ()
+) -> Iterator[tuple[int, float, np.ndarray]]:
     """Decode a video into upright BGR frames.
 
     Args:
         path: the video file.
         every_n: keep every n-th frame (of the sampled ones when `fps` is also given).
         fps: sample at this rate, keeping the frame nearest each sample time; None keeps all.
+        include: frame indices yielded as well, sampled or not (e.g. frames with faces placed by hand).
 
     Returns:
         Iterator of (frame_index, timestamp_seconds, frame): frame_index counts every frame of
@@ -171,12 +175,30 @@ def iter_frames(path: Path, every_n: int = 1, fps: float | None = None) -> Itera
         raise ValueError(f"every_n must be >= 1, got {every_n}")
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    frames = _decode_stream(Path(path))
+    include = frozenset(include)
+    extra: list[tuple] = []  # included frames decoded but not yet yielded, in stream order
+
+    def tap(stream: Iterator[tuple]) -> Iterator[tuple]:
+        for item in stream:
+            if item[0] in include:
+                extra.append(item)
+            yield item
+
+    frames = tap(_decode_stream(Path(path)))
     if fps is not None:
         frames = _sample_at_rate(frames, 1.0 / fps)
     for kept, (index, timestamp, frame, rotation) in enumerate(frames):
-        if kept % every_n == 0:
+        # the sampler looks at most one frame ahead, so every included frame before this one is buffered
+        while extra and extra[0][0] < index:
+            before = extra.pop(0)
+            yield before[0], before[1], _to_bgr(before[2], before[3])
+        if extra and extra[0][0] == index:
+            extra.pop(0)
             yield index, timestamp, _to_bgr(frame, rotation)
+        elif kept % every_n == 0:
+            yield index, timestamp, _to_bgr(frame, rotation)
+    for index, timestamp, frame, rotation in extra:
+        yield index, timestamp, _to_bgr(frame, rotation)
 
 
 def _sample_at_rate(frames: Iterator[tuple], period: float) -> Iterator[tuple]:

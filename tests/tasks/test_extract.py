@@ -244,6 +244,22 @@ def test_faces_placed_by_hand_replace_the_detector_and_rerun_only_their_source(t
     assert plan_extraction(raw, table, settings_fingerprint(FACES, blind), tmp_path, overrides).pending == {}
 
 
+def test_a_face_placed_on_a_frame_between_samples_is_extracted_too(tmp_path, media_dir, analyzer):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_first_frames(media_dir / "videos" / "webcam_streamer.mp4", raw / "clip.mp4", 20)
+    sampled = _extract_rows(raw, tmp_path / "faces.lance", tmp_path, analyzer, SIDE)
+    frames = sorted({row["frame_index"] for row in sampled})
+    between = frames[0] + 1
+    assert between not in frames, "the clip is sampled, so the next frame is skipped"
+    box = sampled[0]["bbox"]
+    overrides = {"raw/clip.mp4": {between: [{"box": list(box)}]}}
+    table = tmp_path / "placed.lance"
+    extract_folder(raw, table, FACES, SIDE, tmp_path, analyzer, overrides=overrides)
+    rows = open_faces(table).to_table().to_pylist()
+    assert sorted({row["frame_index"] for row in rows}) == sorted([*frames, between])
+
+
 def _extract_rows(raw, table, root, analyzer, side):
     extract_folder(raw, table, FACES, side, root, analyzer)
     return open_faces(table).to_table().to_pylist()

@@ -86,6 +86,16 @@ def test_every_n_keeps_every_nth_frame(media_dir):
     assert indices == [0, 7, 14, 21, 28]
 
 
+def test_included_frames_come_in_order_whether_sampled_or_not(media_dir):
+    every = {index: frame for index, _, frame in iter_frames(media_dir / SOURCE_CLIP)}
+    frames = list(iter_frames(media_dir / SOURCE_CLIP, fps=10, include=[0, 3, 5, 7, 8, 499]))
+    indices = [index for index, _, _ in frames]
+    assert indices == sorted(set(range(0, 500, 5)) | {3, 7, 8, 499})
+    for index, timestamp, frame in frames:
+        assert np.array_equal(frame, every[index]) and timestamp == pytest.approx(index / 50, abs=1e-3)
+    assert [index for index, _, _ in iter_frames(media_dir / DESTINATION_CLIP, every_n=7, include=[1])] == [0, 1, 7, 14, 21, 28]
+
+
 def test_truncated_copy_raises_naming_the_file(media_dir, tmp_path):
     data = (media_dir / SOURCE_CLIP).read_bytes()
     truncated = tmp_path / "truncated clip.mp4"

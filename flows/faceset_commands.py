@@ -4,6 +4,8 @@
 last faces with their scores, and writes a contact sheet of the order (review/src/sort-yaw.png)
 to look through before curating. `faceflow faceset review` shows the curated faceset grouped by the
 reason each face was kept or left out, and keeps the hand-rejects file (data/<side>/rejects.yaml).
+`faceflow faceset place` shows one frame with what the detector finds, and with ``--box`` fits
+landmarks in a box you give and records it in data/<side>/landmarks.yaml for the next extraction.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from typing import Annotated
 
 import typer
 
-from flows.params import SIDES
+from flows.params import SIDES, load_params
 from flows.stages import faces_table
 from tasks.contact_sheet import save_contact_sheet
-from tasks.decisions import load_rejects, save_rejects
+from tasks.decisions import DecisionsError, load_landmark_overrides, load_rejects, save_rejects
+from tasks.extract import create_face_analyzer, place_face
+from tasks.images import ImageError
+from tasks.placement import read_source_frame, record_placed_face, render_placement
+from tasks.contact_sheet import write_png
+from tasks.video import VideoError
 from tasks.faceset import FacesetError, open_faces
 from tasks.selection import Selection
 from tasks.sort import SORT_METHOD_CHOICES, SortError, SortResult, sort_faces
@@ -157,3 +164,58 @@ def review_command(
     save_rejects(rejects_path, rejects)
     typer.echo(f"{rejects_path.relative_to(root)}: {len(rejects)} faces rejected by hand. Add face ids from the sheets "
                f"(full ids in the .txt files beside them), then run `dvc repro` or `faceflow run`.")
+
+
+def parse_box(text: str) -> list[float]:
+    try:
+        box = [float(value) for value in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+        raise typer.BadParameter(f"--box must be x0,y0,x1,y1 in frame pixels with x0 < x1 and y0 < y1, got {text!r}")
+    return box
+
+
+@faceset_app.command("place")
+def place_command(
+    source: Annotated[Path, typer.Argument(help="The video or photo, e.g. data/raw/src/clip.mp4.")],
+    frame: Annotated[int, typer.Argument(min=0, help="Frame index in the full stream (0 for a photo).")],
+    side: Annotated[str, typer.Option("--side", help="Which side the source belongs to: src or dst.")] = "src",
+    box: Annotated[str | None, typer.Option("--box", help="x0,y0,x1,y1 around the face: fit landmarks in it and record it.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Forget the face placed on this frame.")] = False,
+    root: Annotated[Path, typer.Option("--root", help="Project folder.")] = Path("."),
+) -> None:
+    """Show a frame with the detector's faces; with --box, place a face there by hand (data/SIDE/landmarks.yaml)."""
+    root = root.resolve()
+    side = check_side(side)
+    path = source if source.is_absolute() else (Path.cwd() / source).resolve()
+    try:
+        relative = path.relative_to(root).as_posix()
+    except ValueError:
+        typer.echo(f"error: {path} is not inside the project {root}; put it in data/raw/{side}/ first", err=True)
+        raise typer.Exit(1) from None
+    decisions = root / "data" / side / "landmarks.yaml"
+    params = load_params(root / "params.yaml")
+    faces = params.extract.faces
+    try:
+        load_landmark_overrides(decisions)  # refuse to rewrite a file that is already broken
+        image = read_source_frame(path, frame)
+        analyzer = create_face_analyzer(faces, params.extract.side(side))
+        placed = place_face(analyzer, image, {"box": parse_box(box)}) if box and not clear else None
+        detected = analyzer.detect(image)
+    except (DecisionsError, VideoError, ImageError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    preview = root / REVIEW_DIR / side / f"place-{path.stem}-{frame:06d}.png"
+    preview.parent.mkdir(parents=True, exist_ok=True)
+    write_png(preview, render_placement(image, detected, placed, faces.face_type, faces.size))
+    for number, face in enumerate(detected):
+        typer.echo(f"detected {number}: box {','.join(f'{value:.0f}' for value in face.bbox)}")
+    if not detected:
+        typer.echo("the detector finds no face on this frame")
+    if clear or placed is not None:
+        count = record_placed_face(decisions, relative, frame, None if clear else parse_box(box or ""))
+        action = "cleared the face placed on" if clear else "placed a face on"
+        typer.echo(f"{decisions.relative_to(root)}: {action} {relative} frame {frame} ({count} frames of it placed by hand); "
+                   "`faceflow run` re-extracts only this source")
+    typer.echo(f"preview: {preview.relative_to(root)}")

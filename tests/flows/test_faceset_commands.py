@@ -92,3 +92,35 @@ def test_review_groups_by_reason_and_keeps_hand_rejects(project):
 def test_review_needs_a_curated_selection(tmp_path):
     result = invoke("review", "--root", str(tmp_path))
     assert result.exit_code == 1 and "curate" in result.output
+
+
+def test_place_shows_the_detector_then_records_and_clears_a_box(tmp_path, media_dir, project_root):
+    from tasks.decisions import load_landmark_overrides
+
+    raw = tmp_path / "data" / "raw" / "src"
+    raw.mkdir(parents=True)
+    shutil.copy(media_dir / "videos" / "webcam_streamer.mp4", raw / "my clip.mp4")
+    shutil.copy(project_root / "params.yaml", tmp_path / "params.yaml")
+    clip, decisions = "data/raw/src/my clip.mp4", tmp_path / "data" / "src" / "landmarks.yaml"
+
+    looked = invoke("place", str(raw / "my clip.mp4"), "7", "--root", str(tmp_path))
+    assert looked.exit_code == 0, looked.output
+    assert "detected 0: box " in looked.output and not decisions.exists(), "looking records nothing"
+    x0, y0, x1, y1 = (float(value) for value in looked.output.split("detected 0: box ")[1].split()[0].split(","))
+    preview = tmp_path / "review" / "src" / "place-my clip-000007.png"
+    assert cv2.imread(str(preview)).shape[0] == 512
+
+    placed = invoke("place", str(raw / "my clip.mp4"), "7", "--box", f"{x0 + 4},{y0},{x1},{y1 + 6}", "--root", str(tmp_path))
+    assert placed.exit_code == 0, placed.output
+    assert load_landmark_overrides(decisions) == {clip: {7: [{"box": [x0 + 4, y0, x1, y1 + 6]}]}}
+    assert decisions.read_text().startswith("# Faces placed by hand")
+    wide = cv2.imread(str(preview))
+    assert wide.shape[1] > 512 and wide.shape[0] == 512, "the aligned crop is shown beside the frame"
+
+    cleared = invoke("place", str(raw / "my clip.mp4"), "7", "--clear", "--root", str(tmp_path))
+    assert cleared.exit_code == 0 and load_landmark_overrides(decisions) == {}
+
+    beyond = invoke("place", str(raw / "my clip.mp4"), "100000", "--root", str(tmp_path))
+    assert beyond.exit_code == 1 and "has no frame 100000" in beyond.output
+    bad_box = invoke("place", str(raw / "my clip.mp4"), "7", "--box", "10,10,5,5", "--root", str(tmp_path))
+    assert bad_box.exit_code != 0 and "x0 < x1" in bad_box.output

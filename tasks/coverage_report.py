@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-YAW_EDGES = np.arange(-90, 91, 10, dtype=np.float32)  # 18 bins of 10 degrees
-PITCH_EDGES = np.arange(-60, 61, 10, dtype=np.float32)  # 12 bins of 10 degrees
+from tasks.pose import PITCH_EDGES, YAW_EDGES, pose_bins
+
 NEEDED_SHARE = 0.02  # a dst bin matters when it holds at least 2% of the dst faces
 MINIMUM_SRC_FACES = 5  # ... and is covered when the src has at least this many faces there
 
@@ -47,8 +47,7 @@ class CoverageReport:
 
 
 def histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    clipped = np.clip(values, edges[0], edges[-1] - 1e-3)
-    return np.histogram(clipped, bins=edges)[0]
+    return np.bincount(pose_bins(values, edges), minlength=len(edges) - 1)
 
 
 def find_gaps(src_counts: np.ndarray, dst_counts: np.ndarray) -> list[int]:

@@ -1,6 +1,6 @@
 """Best-N faces that keep the pose coverage of a faceset.
 
-Faces are binned on a (yaw, pitch) grid. Picking is round-robin over the occupied cells: every
+Faces are binned on the pose grid of tasks.pose (10-degree yaw x pitch cells). Picking is round-robin over the occupied cells: every
 cell gives its best face before any cell gives its second, so rare poses (profiles, looking up)
 survive a cut that a plain "top-N by quality" would fill with sharp frontal faces.
 """
@@ -11,48 +11,34 @@ import logging
 
 import numpy as np
 
+from tasks.pose import PITCH_EDGES, YAW_EDGES, pose_bins
+
 logger = logging.getLogger(__name__)
 
-# Grid extents in degrees (tasks.pose conventions); poses beyond them fall into the edge cells.
-# Yaw spans profile to profile; pitch spans the range a face stays detectable in. With the default
-# 16 x 8 bins both axes get 11.25-degree cells.
-YAW_RANGE = (-90.0, 90.0)
-PITCH_RANGE = (-45.0, 45.0)
-
-
-def pose_cells(yaw: np.ndarray, pitch: np.ndarray, yaw_bins: int = 16, pitch_bins: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(yaw bin (N,), pitch bin (N,)) int64 of each face; NaN angles fall into the middle bin."""
-    if yaw_bins < 1 or pitch_bins < 1:
-        raise ValueError(f"yaw_bins and pitch_bins must be >= 1, got {yaw_bins} and {pitch_bins}")
+def pose_cells(yaw: np.ndarray, pitch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(yaw cell (N,), pitch cell (N,)) int64 of each face on the pose grid (tasks.pose.YAW_EDGES x PITCH_EDGES)."""
     yaw, pitch = np.asarray(yaw, dtype=np.float64), np.asarray(pitch, dtype=np.float64)
     if yaw.shape != pitch.shape or yaw.ndim != 1:
         raise ValueError(f"yaw and pitch must be 1-D arrays of one length, got {yaw.shape} and {pitch.shape}")
-
-    def to_bins(angles: np.ndarray, extent: tuple[float, float], bins: int) -> np.ndarray:
-        low, high = extent
-        position = np.nan_to_num((angles - low) / (high - low), nan=0.5)
-        return np.clip((position * bins).astype(np.int64), 0, bins - 1)
-
-    return to_bins(yaw, YAW_RANGE, yaw_bins), to_bins(pitch, PITCH_RANGE, pitch_bins)
+    return pose_bins(yaw, YAW_EDGES), pose_bins(pitch, PITCH_EDGES)
 
 
-def coverage(yaw: np.ndarray, pitch: np.ndarray, yaw_bins: int = 16, pitch_bins: int = 8) -> np.ndarray:
+def coverage(yaw: np.ndarray, pitch: np.ndarray) -> np.ndarray:
     """Occupancy histogram of the pose grid.
 
     Args:
         yaw, pitch: (N,) degrees.
-        yaw_bins, pitch_bins: grid size over YAW_RANGE x PITCH_RANGE.
 
     Returns:
-        (yaw_bins, pitch_bins) int64 counts of faces per cell.
+        (yaw cells, pitch cells) = (18, 12) int64 counts of faces per cell.
     """
-    yaw_cell, pitch_cell = pose_cells(yaw, pitch, yaw_bins, pitch_bins)
-    counts = np.bincount(yaw_cell * pitch_bins + pitch_cell, minlength=yaw_bins * pitch_bins)
-    return counts.reshape(yaw_bins, pitch_bins)
+    yaw_cell, pitch_cell = pose_cells(yaw, pitch)
+    pitch_cells = len(PITCH_EDGES) - 1
+    counts = np.bincount(yaw_cell * pitch_cells + pitch_cell, minlength=(len(YAW_EDGES) - 1) * pitch_cells)
+    return counts.reshape(len(YAW_EDGES) - 1, pitch_cells)
 
 
-def select_best(yaw: np.ndarray, pitch: np.ndarray, quality: np.ndarray, count: int, yaw_bins: int = 16,
-                pitch_bins: int = 8) -> np.ndarray:
+def select_best(yaw: np.ndarray, pitch: np.ndarray, quality: np.ndarray, count: int) -> np.ndarray:
     """Pick `count` faces, spreading them over the pose grid, best quality first within a cell.
 
     Round r takes the r-th best face of every cell that has one; the last, partial round takes
@@ -63,7 +49,6 @@ def select_best(yaw: np.ndarray, pitch: np.ndarray, quality: np.ndarray, count: 
         yaw, pitch: (N,) degrees.
         quality: (N,) higher is better (e.g. the blur score); NaN counts as worst.
         count: how many faces to keep; >= N keeps all.
-        yaw_bins, pitch_bins: grid size over YAW_RANGE x PITCH_RANGE.
 
     Returns:
         (min(count, N),) int64 indices, in picking order (round by round).
@@ -71,14 +56,14 @@ def select_best(yaw: np.ndarray, pitch: np.ndarray, quality: np.ndarray, count: 
     Raises:
         ValueError: count < 0, bad bins or mismatched shapes.
     """
-    yaw_cell, pitch_cell = pose_cells(yaw, pitch, yaw_bins, pitch_bins)
+    yaw_cell, pitch_cell = pose_cells(yaw, pitch)
     quality = np.nan_to_num(np.asarray(quality, dtype=np.float64), nan=-np.inf)
     if quality.shape != yaw_cell.shape:
         raise ValueError(f"quality must have one value per face ({len(yaw_cell)}), got shape {quality.shape}")
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     total = len(quality)
-    cell = yaw_cell * pitch_bins + pitch_cell
+    cell = yaw_cell * (len(PITCH_EDGES) - 1) + pitch_cell
     index = np.arange(total)
     # rank of each face within its cell: sort by cell, then quality (best first), then index
     by_cell = np.lexsort((index, -quality, cell))

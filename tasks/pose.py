@@ -18,6 +18,24 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# The one pose grid every pose histogram uses (coverage report, best-N curation, best_faces sorting,
+# uniform yaw sampling in training), so their cells mean the same thing: 10-degree cells, yaw from
+# profile to profile, pitch over the range a face stays detectable in. Poses beyond the edges count
+# in the edge cells; a missing angle counts as frontal.
+YAW_EDGES = np.arange(-90.0, 90.1, 10.0)  # 18 cells
+PITCH_EDGES = np.arange(-60.0, 60.1, 10.0)  # 12 cells
+
+
+def pose_bins(angles: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(N,) int64 cell of each angle on one axis of the grid (0 .. len(edges) - 2).
+
+    Args:
+        angles: (N,) degrees; NaN counts as 0 (frontal).
+        edges: increasing cell edges, e.g. YAW_EDGES.
+    """
+    angles = np.nan_to_num(np.asarray(angles, dtype=np.float64), nan=0.0)
+    return np.clip(np.searchsorted(edges, angles, side="right") - 1, 0, len(edges) - 2).astype(np.int64)
+
 # A generic adult face in millimetres: x toward the face's left (image right when frontal), y down,
 # z away from the camera (into the head); origin between the eye centres. x and y are the mean of
 # the test photos' frontal landmarks (eye-to-mouth distance taken as 60 mm); depths are estimates.

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from tasks import sort_images
 from tasks.faceset import open_faces
+from tasks.pose import YAW_EDGES, pose_bins
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ SortMethod = Literal[
     "pixel_difference", "best_faces", "best_faces_fast", "identity_distance",
 ]
 SORT_METHOD_CHOICES: tuple[str, ...] = get_args(SortMethod)
-YAW_BIN_DEGREES = 10.0  # width of the yaw bins best_faces spreads its picks over
 STORED_COLUMNS = ["face_id", "source_id", "source_path", "frame_index", "face_index", "bbox",
                   "yaw", "pitch", "roll", "blur", "brightness", "hue"]
 
@@ -138,7 +138,7 @@ def spread_over_yaw(yaw: np.ndarray, quality: np.ndarray, target_count: int | No
     count = len(yaw)
     target = count if target_count is None else min(max(target_count, 0), count)
     quality = np.where(np.isnan(quality), -np.inf, quality)
-    bins = np.floor(yaw / YAW_BIN_DEGREES).astype(np.int64)
+    bins = pose_bins(yaw, YAW_EDGES)  # the yaw cells of the pose grid shared with curation and coverage
     queues = {value: sorted(np.flatnonzero(bins == value), key=lambda row: -quality[row]) for value in np.unique(bins)}
     picked: list[int] = []
     while len(picked) < target:

@@ -86,9 +86,23 @@ def test_selection_is_deterministic_and_count_beyond_size_keeps_all(faceset):
 def test_coverage_histogram_and_edges():
     yaw = np.array([-120.0, -90.0, 0.0, 0.1, 89.9, 150.0, np.nan])
     pitch = np.array([0.0, -60.0, 0.0, 0.0, 44.0, 80.0, 0.0])
-    grid = coverage(yaw, pitch, yaw_bins=16, pitch_bins=8)
-    assert grid.shape == (16, 8) and grid.sum() == len(yaw)
-    assert grid[0, 4] == 1 and grid[0, 0] == 1, "beyond the range falls into the edge cells"
-    assert grid[8, 4] == 3 and grid[15, 7] == 2, "NaN yaw counts as frontal"
+    grid = coverage(yaw, pitch)
+    assert grid.shape == (18, 12) and grid.sum() == len(yaw), "10-degree cells over yaw +-90 and pitch +-60"
+    assert grid[0, 6] == 1 and grid[0, 0] == 1, "beyond the range falls into the edge cells"
+    assert grid[9, 6] == 3 and grid[17, 10] == 1 and grid[17, 11] == 1, "NaN yaw counts as frontal"
     with pytest.raises(ValueError, match="one value per face"):
         select_best(yaw, pitch, np.zeros(3), 2)
+
+
+def test_curation_coverage_and_the_report_share_one_grid():
+    from tasks.coverage_report import compare_coverage
+    from tasks.sort import spread_over_yaw
+
+    rng = np.random.default_rng(0)
+    yaw, pitch = rng.uniform(-100, 100, 300), rng.uniform(-70, 70, 300)
+    report = compare_coverage(yaw, pitch, yaw, pitch)
+    grid = coverage(yaw, pitch)
+    assert report.axes[0].src_counts.tolist() == grid.sum(axis=1).tolist()
+    assert report.axes[1].src_counts.tolist() == grid.sum(axis=0).tolist()
+    first_round = spread_over_yaw(yaw, np.ones(300), 18)[:18]
+    assert sorted(pose_cells(yaw[first_round], pitch[first_round])[0].tolist()) == list(range(18))

@@ -21,10 +21,10 @@ from tasks.faceset import (
     open_faces,
     write_table,
 )
+from tasks.pose import YAW_EDGES, pose_bins
 from tasks.sort import (
     SORT_DESCRIPTIONS,
     SORT_METHODS,
-    YAW_BIN_DEGREES,
     SortError,
     SortMethod,
     sort_faces,
@@ -170,7 +170,7 @@ def test_identity_distance_puts_faces_without_a_descriptor_last(table, rows, tmp
 
 
 def yaw_bins(rows, face_ids) -> set[int]:
-    return {math.floor(rows[face_id]["yaw"] / YAW_BIN_DEGREES) for face_id in face_ids}
+    return set(pose_bins(np.array([rows[face_id]["yaw"] for face_id in face_ids]), YAW_EDGES).tolist())
 
 
 @pytest.mark.parametrize("method", ["best_faces", "best_faces_fast"])

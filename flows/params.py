@@ -56,8 +56,33 @@ class CurateParams(Section):
     dst: CurateOptions = Field(default_factory=CurateOptions)
 
 
+class InitFrom(Section):
+    """Where the first training stage's weights come from instead of a fresh model (``train.init_from``).
+
+    Either ``path``: a checkpoint directory (e.g. another project's checkpoints/sharpen), or
+    ``revision`` + ``stage``: that stage's checkpoint at a git revision of ``repo`` (this project by
+    default), fetched from the DVC cache.
+    """
+
+    path: str | None = None
+    repo: str = "."
+    revision: str | None = None
+    stage: str | None = None
+
+    @model_validator(mode="after")
+    def check_one_source(self) -> InitFrom:
+        if (self.path is None) == (self.revision is None):
+            raise ValueError("give either path (a checkpoint directory) or revision + stage (a git revision's checkpoint)")
+        if self.revision is not None and not self.stage:
+            raise ValueError(f"revision {self.revision!r} needs the stage whose checkpoint to start from, e.g. stage: sharpen")
+        if self.path is not None and (self.stage or self.repo != "."):
+            raise ValueError("stage and repo go with revision; with path, point at the checkpoint directory itself")
+        return self
+
+
 class TrainParams(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
+    init_from: InitFrom | None = None  # start from a trained model (the "reuse my model" workflow); None = fresh weights
     stages: dict[str, StageOptions]
 
     @field_validator("stages")

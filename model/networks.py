@@ -1,36 +1,53 @@
-"""The DF face-swap autoencoder: one shared encoder and inter, one decoder per identity.
+"""DeepFaceLab's DF and LIAE face-swap autoencoders, with the "u", "d" and "t" variants.
 
-Both identities go through the same encoder and inter, so the bottleneck learns an identity-free
-description of pose, expression and lighting; each decoder learns to paint its own identity from it.
-Swapping a face is then: encode a dst face, decode it with the src decoder.
+DF: one shared encoder and inter, one decoder per identity. Both identities go through the same
+encoder and inter, so the bottleneck learns an identity-free description of pose, expression and
+lighting; each decoder learns to paint its own identity from it. Swap = encode dst, decode with src's.
 
-Shapes, with R = config.resolution and L = R // 16:
-    encoder  (B, 3, R, R) -> (B, 8*e_dims * L * L)
-    inter    (B, 8*e_dims * L * L) -> (B, ae_dims, 2L, 2L)
-    decoder  (B, ae_dims, 2L, 2L) -> face (B, 3, R, R), mask (B, 1, R, R)
+LIAE: one shared encoder, two inters and ONE shared decoder. inter_AB sees both identities, inter_B
+only dst faces; the decoder reads the two codes side by side on channels:
+    src recon  decoder(cat(AB(src), AB(src)))
+    dst recon  decoder(cat(B(dst),  AB(dst)))
+    swap       decoder(cat(AB(dst), AB(dst)))   (the dst mask comes from the dst recon path)
+so inter_B carries what makes dst look like dst, and dropping it paints the src identity.
+
+Shapes, with R = config.resolution, L = config.lowest_resolution (R / 16, or R / 32 with "d"),
+E = config.encoder_resolution (R / 16, ceil(R / 32) with "t"), C = config.code_channels (ae_dims for
+DF, 2 * ae_dims for LIAE as in DeepFaceLab) and S = config.code_resolution (2L, or L with "t"):
+    encoder  (B, 3, R, R) -> (B, 8*e_dims * E * E), pixel-normalised with "u"
+    inter    (B, 8*e_dims * E * E) -> (B, ae_dims) -> (B, C, L, L) -> (B, C, S, S) (no upscale with "t")
+    decoder  (B, C, S, S) for DF, (B, 2C, S, S) for LIAE -> face (B, 3, R, R), mask (B, 1, R, R)
+The decoders upscale 3 times (4 with "t") to R, or to R / 2 with "d", where the face ends with a 3x3
+convolution to 12 channels + pixel shuffle and the mask with one more upscale: most convolutions then
+run on a quarter of the pixels. (DeepFaceLab ends "d" faces with four separate convolutions whose
+outputs it interleaves; one convolution to 12 channels is the same family of functions.)
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Literal
+from abc import ABC, abstractmethod
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-from model.config import ModelConfig
+from model.config import ArchitectureBase, ModelConfig
 
 logger = logging.getLogger(__name__)
 
 Side = Literal["src", "dst"]
+ParameterGroup = Literal["encoder", "inter", "decoder"]
 
 LEAKY_SLOPE = 0.1
 RESIDUAL_SLOPE = 0.2
+PIXEL_NORM_EPSILON = 1e-6
 
 
 class Downscale(nn.Module):
-    """5x5 stride-2 convolution + leaky ReLU: (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
+    """5x5 stride-2 convolution + leaky ReLU: (B, C_in, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -70,38 +87,56 @@ class ResidualBlock(nn.Module):
         return functional.leaky_relu(features + residual, RESIDUAL_SLOPE)
 
 
-class Encoder(nn.Module):
-    """Four downscales then flatten: (B, 3, R, R) -> (B, 8*e_dims * L * L)."""
+def normalize_pixels(codes: Tensor) -> Tensor:
+    """Scale each vector to unit root-mean-square: (B, F) -> (B, F), x / sqrt(mean(x^2) + 1e-6)."""
+    return codes * torch.rsqrt(codes.pow(2).mean(dim=1, keepdim=True) + PIXEL_NORM_EPSILON)
 
-    def __init__(self, e_dims: int) -> None:
+
+class Encoder(nn.Module):
+    """Downscales then flatten: (B, 3, R, R) -> (B, 8*e_dims * E * E).
+
+    Channels e, 2e, 4e, 8e. With "t" (deeper) a fifth downscale keeps 8e channels, and a residual
+    block follows the first and the last downscale, as in DeepFaceLab. With "u" the flattened
+    vector is pixel-normalised, which keeps the bottleneck's input scale steady during training.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.downscales = nn.Sequential(
-            Downscale(3, e_dims),
-            Downscale(e_dims, e_dims * 2),
-            Downscale(e_dims * 2, e_dims * 4),
-            Downscale(e_dims * 4, e_dims * 8),
-        )
+        e_dims = config.e_dims
+        channels = [3, e_dims, e_dims * 2, e_dims * 4, e_dims * 8] + ([e_dims * 8] if config.deeper else [])
+        self.downscales = nn.Sequential(*(Downscale(*pair) for pair in itertools.pairwise(channels)))
+        # Identity holds no weights, so the plain encoder's state_dict keys stay as they were.
+        self.first_residual = ResidualBlock(e_dims) if config.deeper else nn.Identity()
+        self.last_residual = ResidualBlock(e_dims * 8) if config.deeper else nn.Identity()
+        self.pixel_norm = config.pixel_norm
 
     def forward(self, images: Tensor) -> Tensor:
-        # (B, 3, R, R) -> (B, 8e, L, L) -> (B, 8e*L*L)
-        return torch.flatten(self.downscales(images), start_dim=1)
+        features = self.first_residual(self.downscales[0](images))  # (B, 3, R, R) -> (B, e, R/2, R/2)
+        for downscale in self.downscales[1:]:
+            features = downscale(features)
+        features = self.last_residual(features)  # (B, 8e, E, E)
+        codes = torch.flatten(features, start_dim=1)  # (B, 8e*E*E)
+        return normalize_pixels(codes) if self.pixel_norm else codes
 
 
 class Inter(nn.Module):
-    """Bottleneck: (B, 8*e_dims * L * L) -> (B, ae_dims) -> (B, ae_dims, L, L) -> (B, ae_dims, 2L, 2L)."""
+    """Bottleneck: (B, 8*e_dims * E * E) -> (B, ae_dims) -> (B, C, L, L) -> (B, C, 2L, 2L).
 
-    def __init__(self, in_features: int, ae_dims: int, lowest: int) -> None:
+    Without ``upscale`` (the "t" variant, whose decoders have one more stage) the output stays (B, C, L, L).
+    """
+
+    def __init__(self, in_features: int, ae_dims: int, out_channels: int, lowest: int, upscale: bool = True) -> None:
         super().__init__()
-        self.ae_dims = ae_dims
+        self.out_channels = out_channels
         self.lowest = lowest
         self.dense1 = nn.Linear(in_features, ae_dims)
-        self.dense2 = nn.Linear(ae_dims, lowest * lowest * ae_dims)
-        self.upscale = Upscale(ae_dims, ae_dims)
+        self.dense2 = nn.Linear(ae_dims, lowest * lowest * out_channels)
+        self.upscale = Upscale(out_channels, out_channels) if upscale else nn.Identity()
 
     def forward(self, codes: Tensor) -> Tensor:
-        codes = self.dense2(self.dense1(codes))  # (B, F) -> (B, ae_dims) -> (B, L*L*ae_dims)
+        codes = self.dense2(self.dense1(codes))  # (B, F) -> (B, ae_dims) -> (B, L*L*C)
         # -1 instead of B keeps the batch dimension symbolic in an ONNX export.
-        features = codes.reshape(-1, self.ae_dims, self.lowest, self.lowest)
+        features = codes.reshape(-1, self.out_channels, self.lowest, self.lowest)
         return self.upscale(features)
 
     def reset_parameters(self) -> None:
@@ -111,60 +146,108 @@ class Inter(nn.Module):
                 module.reset_parameters()
 
 
-class Decoder(nn.Module):
-    """One identity's painter: (B, ae_dims, R/8, R/8) -> face (B, 3, R, R), mask (B, 1, R, R), in [0, 1]."""
+def stage_channels(unit: int, deeper: bool) -> list[int]:
+    """Output channels of a decoder's upscale stages: 8, 4, 2 units (8, 8, 4, 2 with "t")."""
+    return ([unit * 8] if deeper else []) + [unit * 8, unit * 4, unit * 2]
 
-    def __init__(self, in_channels: int, d_dims: int, d_mask_dims: int) -> None:
+
+class Decoder(nn.Module):
+    """One painter: (B, C_in, H, H) -> face (B, 3, R, R), mask (B, 1, R, R), in [0, 1].
+
+    Face stages (upscale + residual block) have 8d, 4d, 2d channels (8d, 8d, 4d, 2d with "t");
+    the mask branch has the same stages at d_mask_dims without residuals, plus one more upscale
+    to d_mask_dims with "d". H = R / 8 (R / 16 with "t" or "d", R / 32 with both).
+    """
+
+    def __init__(self, in_channels: int, config: ModelConfig) -> None:
         super().__init__()
-        self.face_upscales = nn.ModuleList(
-            [Upscale(in_channels, d_dims * 8), Upscale(d_dims * 8, d_dims * 4), Upscale(d_dims * 4, d_dims * 2)]
-        )
-        self.face_residuals = nn.ModuleList(
-            [ResidualBlock(d_dims * 8), ResidualBlock(d_dims * 4), ResidualBlock(d_dims * 2)]
-        )
-        self.face_out = nn.Conv2d(d_dims * 2, 3, kernel_size=1)
-        self.mask_upscales = nn.Sequential(
-            Upscale(in_channels, d_mask_dims * 8),
-            Upscale(d_mask_dims * 8, d_mask_dims * 4),
-            Upscale(d_mask_dims * 4, d_mask_dims * 2),
-        )
-        self.mask_out = nn.Conv2d(d_mask_dims * 2, 1, kernel_size=1)
+        face_channels = [in_channels, *stage_channels(config.d_dims, config.deeper)]
+        mask_channels = [in_channels, *stage_channels(config.d_mask_dims, config.deeper)]
+        mask_channels += [config.d_mask_dims] if config.double_resolution else []
+        self.face_upscales = nn.ModuleList([Upscale(*pair) for pair in itertools.pairwise(face_channels)])
+        self.face_residuals = nn.ModuleList([ResidualBlock(channels) for channels in face_channels[1:]])
+        self.double_resolution = config.double_resolution
+        # "d": (B, 2d, R/2, R/2) -> (B, 12, R/2, R/2), pixel-shuffled to (B, 3, R, R) in forward.
+        self.face_out = (nn.Conv2d(config.d_dims * 2, 3 * 4, kernel_size=3, padding=1) if config.double_resolution
+                         else nn.Conv2d(config.d_dims * 2, 3, kernel_size=1))
+        self.mask_upscales = nn.Sequential(*(Upscale(*pair) for pair in itertools.pairwise(mask_channels)))
+        self.mask_out = nn.Conv2d(mask_channels[-1], 1, kernel_size=1)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         face = features
         for upscale, residual in zip(self.face_upscales, self.face_residuals, strict=True):
             face = residual(upscale(face))  # (B, C, H, W) -> (B, C', 2H, 2W)
-        face = torch.sigmoid(self.face_out(face))  # (B, 2*d_dims, R, R) -> (B, 3, R, R)
-        mask = torch.sigmoid(self.mask_out(self.mask_upscales(features)))  # -> (B, 1, R, R)
-        return face, mask
+        face = self.face_out(face)  # -> (B, 3, R, R), or (B, 12, R/2, R/2) with "d"
+        if self.double_resolution:
+            face = functional.pixel_shuffle(face, 2)
+        mask = self.mask_out(self.mask_upscales(features))  # -> (B, 1, R, R)
+        return torch.sigmoid(face), torch.sigmoid(mask)
 
 
-class SwapAutoencoder(nn.Module):
-    """DF autoencoder: shared encoder + inter, ``decoder_src`` and ``decoder_dst``.
+class Reconstruction(NamedTuple):
+    """One side's reconstruction and the shared code it was painted from.
+
+    Attributes:
+        face: (B, 3, R, R) in [0, 1].
+        mask: (B, 1, R, R) in [0, 1].
+        code: (B, C, S, S) with C = config.code_channels, S = config.code_resolution: the output of
+            the inter both identities share (DF's inter, LIAE's inter_AB), which a code
+            discriminator may judge so that it carries no identity.
+    """
+
+    face: Tensor
+    mask: Tensor
+    code: Tensor
+
+
+class SwapAutoencoder(nn.Module, ABC):
+    """The interface every face-swap architecture implements; the shared encoder lives here.
+
+    Subclasses implement the hooks ``reconstruct``, ``swap_features``, ``inter_modules`` and
+    ``decoder_modules``; ``forward``, ``swap``, ``reset_inter`` and ``parameter_groups`` are built on them.
 
     Attributes:
         config: The hyperparameters the model was built from (saved with every checkpoint).
+        encoder: The shared encoder.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        lowest = config.lowest_resolution
-        self.encoder = Encoder(config.e_dims)
-        self.inter = Inter(config.e_dims * 8 * lowest * lowest, config.ae_dims, lowest)
-        self.decoder_src = Decoder(config.ae_dims, config.d_dims, config.d_mask_dims)
-        self.decoder_dst = Decoder(config.ae_dims, config.d_dims, config.d_mask_dims)
+        self.encoder = Encoder(config)
+
+    def build_inter(self) -> Inter:
+        """A fresh inter for this config: (B, F) -> (B, code_channels, S, S), F = 8 * e_dims * E * E."""
+        config = self.config
+        return Inter(config.e_dims * 8 * config.encoder_resolution ** 2, config.ae_dims, config.code_channels,
+                     config.lowest_resolution, upscale=not config.deeper)
 
     def encode(self, images: Tensor) -> Tensor:
-        """Run the shared encoder and inter: (B, 3, R, R) -> (B, ae_dims, R/8, R/8)."""
-        return self.inter(self.encoder(images))
+        """Run the shared encoder: (B, 3, R, R) -> features (B, F)."""
+        return self.encoder(images)
+
+    @abstractmethod
+    def reconstruct(self, features: Tensor, side: Side) -> Reconstruction:
+        """Paint encoder ``features`` (B, F) as ``side``'s own faces; ``side`` is checked."""
+
+    @abstractmethod
+    def swap_features(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Encoder ``features`` of dst faces -> dst_mask, celeb_face, celeb_mask (see ``swap``)."""
+
+    @abstractmethod
+    def inter_modules(self) -> list[Inter]:
+        """The inters, which ``reset_inter`` re-initialises."""
+
+    @abstractmethod
+    def decoder_modules(self) -> list[nn.Module]:
+        """The decoders."""
 
     def forward(self, images: Tensor, side: Side) -> tuple[Tensor, Tensor]:
-        """Reconstruct faces through one side's decoder.
+        """Reconstruct faces as one side's identity.
 
         Args:
             images: (B, 3, R, R) BGR faces in [0, 1].
-            side: "src" or "dst": which decoder paints the output.
+            side: "src" or "dst": which identity paints the output.
 
         Returns:
             face (B, 3, R, R) and mask (B, 1, R, R), both in [0, 1].
@@ -173,13 +256,8 @@ class SwapAutoencoder(nn.Module):
             ValueError: ``side`` is not "src" or "dst", or ``images`` has the wrong shape.
         """
         self.check_images(images)
-        if side == "src":
-            decoder = self.decoder_src
-        elif side == "dst":
-            decoder = self.decoder_dst
-        else:
-            raise ValueError(f"side must be 'src' or 'dst', got {side!r}")
-        return decoder(self.encode(images))
+        face, mask, _ = self.reconstruct(self.encode(images), side)
+        return face, mask
 
     def swap(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Turn dst faces into the src identity (the merge and export path).
@@ -188,18 +266,27 @@ class SwapAutoencoder(nn.Module):
             images: (B, 3, R, R) BGR dst faces in [0, 1].
 
         Returns:
-            dst_mask (B, 1, R, R) from the dst decoder, celeb_face (B, 3, R, R) and
-            celeb_mask (B, 1, R, R) from the src decoder; all in [0, 1].
+            dst_mask (B, 1, R, R) of the dst face as the dst path paints it, celeb_face (B, 3, R, R)
+            and celeb_mask (B, 1, R, R) painted as the src identity; all in [0, 1].
+
+        Raises:
+            ValueError: ``images`` has the wrong shape.
         """
         self.check_images(images)
-        features = self.encode(images)  # encoded once, decoded twice
-        _, dst_mask = self.decoder_dst(features)
-        celeb_face, celeb_mask = self.decoder_src(features)
-        return dst_mask, celeb_face, celeb_mask
+        return self.swap_features(self.encode(images))  # encoded once, decoded twice
 
     def reset_inter(self) -> None:
         """Re-initialise the inter layers (e.g. to retrain the bottleneck for a new face pair)."""
-        self.inter.reset_parameters()
+        for inter in self.inter_modules():
+            inter.reset_parameters()
+
+    def parameter_groups(self) -> dict[ParameterGroup, list[nn.Parameter]]:
+        """The parameters by role, e.g. to freeze the encoder or give the decoders their own learning rate."""
+        return {
+            "encoder": list(self.encoder.parameters()),
+            "inter": [parameter for inter in self.inter_modules() for parameter in inter.parameters()],
+            "decoder": [parameter for decoder in self.decoder_modules() for parameter in decoder.parameters()],
+        }
 
     def check_images(self, images: Tensor) -> None:
         """Raise ValueError unless ``images`` is (B, 3, R, R) for this model's R."""
@@ -210,6 +297,72 @@ class SwapAutoencoder(nn.Module):
             raise ValueError(
                 f"expected images of shape (B, 3, {resolution}, {resolution}), got {tuple(images.shape)}"
             )
+
+
+def check_side(side: str) -> None:
+    """Raise ValueError unless ``side`` is "src" or "dst"."""
+    if side not in ("src", "dst"):
+        raise ValueError(f"side must be 'src' or 'dst', got {side!r}")
+
+
+class DFAutoencoder(SwapAutoencoder):
+    """DF: shared encoder + ``inter``, ``decoder_src`` and ``decoder_dst`` (inputs (B, ae_dims, S, S))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.inter = self.build_inter()
+        self.decoder_src = Decoder(config.code_channels, config)
+        self.decoder_dst = Decoder(config.code_channels, config)
+
+    def reconstruct(self, features: Tensor, side: Side) -> Reconstruction:
+        check_side(side)
+        code = self.inter(features)  # (B, F) -> (B, ae_dims, S, S)
+        decoder = self.decoder_src if side == "src" else self.decoder_dst
+        return Reconstruction(*decoder(code), code)
+
+    def swap_features(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        code = self.inter(features)
+        _, dst_mask = self.decoder_dst(code)
+        celeb_face, celeb_mask = self.decoder_src(code)
+        return dst_mask, celeb_face, celeb_mask
+
+    def inter_modules(self) -> list[Inter]:
+        return [self.inter]
+
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.decoder_src, self.decoder_dst]
+
+
+class LIAEAutoencoder(SwapAutoencoder):
+    """LIAE: shared encoder, ``inter_AB`` and ``inter_B`` (2*ae_dims channels each), one ``decoder``.
+
+    The decoder reads (B, 4*ae_dims, S, S): two inter codes concatenated on channels.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.inter_AB = self.build_inter()
+        self.inter_B = self.build_inter()
+        self.decoder = Decoder(config.code_channels * 2, config)
+
+    def reconstruct(self, features: Tensor, side: Side) -> Reconstruction:
+        check_side(side)
+        shared = self.inter_AB(features)  # (B, F) -> (B, 2*ae_dims, S, S)
+        # src: (AB, AB); dst: (B, AB), so only dst faces train inter_B.
+        identity = shared if side == "src" else self.inter_B(features)
+        return Reconstruction(*self.decoder(torch.cat([identity, shared], dim=1)), shared)
+
+    def swap_features(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        shared = self.inter_AB(features)
+        _, dst_mask = self.decoder(torch.cat([self.inter_B(features), shared], dim=1))
+        celeb_face, celeb_mask = self.decoder(torch.cat([shared, shared], dim=1))
+        return dst_mask, celeb_face, celeb_mask
+
+    def inter_modules(self) -> list[Inter]:
+        return [self.inter_AB, self.inter_B]
+
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.decoder]
 
 
 class SwapModule(nn.Module):
@@ -224,21 +377,22 @@ class SwapModule(nn.Module):
         return self.model.swap(images)
 
 
+ARCHITECTURE_CLASSES: dict[ArchitectureBase, type[SwapAutoencoder]] = {
+    "df": DFAutoencoder,
+    "liae": LIAEAutoencoder,
+}
+
+
 def build_model(config: ModelConfig) -> SwapAutoencoder:
     """Build a freshly initialised autoencoder (initial weights come from torch's global RNG).
 
     Args:
-        config: The hyperparameters.
+        config: The hyperparameters; ``config.base`` picks the class from ``ARCHITECTURE_CLASSES``.
 
     Returns:
-        The model, on the CPU, in training mode.
-
-    Raises:
-        ValueError: ``config.archi`` is not a supported architecture.
+        The model, on torch's default device (the CPU unless set otherwise), in training mode.
     """
-    if config.archi != "df":
-        raise ValueError(f"model archi {config.archi!r} is not implemented; use 'df'")
-    model = SwapAutoencoder(config)
+    model = ARCHITECTURE_CLASSES[config.base](config)
     logger.debug("built %s model with %d parameters", config.archi, count_parameters(model))
     return model
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.config import ModelConfig
+from tasks.align import framing_fits, framing_scale
 from tasks.curate import CurateOptions
 from tasks.extract import FaceOptions, SideOptions
 from tasks.mask_table import MaskOptions
@@ -140,11 +141,19 @@ class Params(Section):
     serve: ServeParams = Field(default_factory=ServeParams)
 
     @model_validator(mode="after")
-    def check_resolution_fits_crops(self) -> Params:
-        if self.train.model.resolution > self.extract.faces.size:
+    def check_model_fits_crops(self) -> Params:
+        model, faces = self.train.model, self.extract.faces
+        if not framing_fits(model.face_type, faces.face_type):
             raise ValueError(
-                f"train.model.resolution ({self.train.model.resolution}) is larger than the extracted crops "
-                f"(extract.faces.size = {self.extract.faces.size}); lower the resolution or extract larger crops"
+                f"train.model.face_type {model.face_type} reaches beyond the extracted {faces.face_type} crops; set "
+                f"extract.faces.face_type to {model.face_type} or wider (the faces are re-cropped from their stored "
+                "landmarks, without detecting again)"
+            )
+        available = round(faces.size * framing_scale(model.face_type, faces.face_type))
+        if model.resolution > available:
+            raise ValueError(
+                f"train.model.resolution ({model.resolution}) is larger than the {model.face_type} region of the extracted "
+                f"crops ({available} px of extract.faces.size = {faces.size}); lower the resolution or extract larger crops"
             )
         return self
 

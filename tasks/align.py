@@ -44,6 +44,18 @@ FACE_TYPE_FRAMING: dict[str, tuple[float, float]] = {
 }
 assert set(FACE_TYPE_FRAMING) == set(get_args(FaceType)), "FACE_TYPE_FRAMING must cover every FaceType"
 
+
+def framing_fits(inner: FaceType, outer: FaceType) -> bool:
+    """Whether an ``inner`` crop lies wholly inside an ``outer`` crop of the same face (so it can be cut from it)."""
+    inner_side, inner_centre = FACE_TYPE_FRAMING[inner]
+    outer_side, outer_centre = FACE_TYPE_FRAMING[outer]
+    return abs(inner_centre - outer_centre) + inner_side / 2 <= outer_side / 2 + 1e-9
+
+
+def framing_scale(inner: FaceType, outer: FaceType) -> float:
+    """Side of an ``inner`` crop as a fraction of the ``outer`` crop's side."""
+    return FACE_TYPE_FRAMING[inner][0] / FACE_TYPE_FRAMING[outer][0]
+
 # below this scale the crop is supersampled and area-averaged (warpAffine alone would alias),
 # sampling at most this many pixels across
 _SUPERSAMPLE_BELOW = 0.5

@@ -62,7 +62,8 @@ def test_unknown_key_is_named(demo_data, path):
         (("train", "stages", "warp", "iterations"), 0, "iterations"),
         (("merge", "crf"), 80, "merge.crf"),
         (("extract", "dst", "fps"), 5, "every frame"),
-        (("train", "model", "resolution"), 512, "larger than the extracted crops"),
+        (("train", "model", "resolution"), 512, "larger than the whole_face region of the extracted crops"),
+        (("train", "model", "face_type"), "head", "reaches beyond the extracted whole_face crops"),
     ],
 )
 def test_wrong_values_are_explained(demo_data, path, value, fragment):
@@ -100,3 +101,12 @@ def test_params_are_frozen(project_root):
         params.merge.crf = 3  # type: ignore[misc]
     with pytest.raises(ValidationError):
         params.merge = None  # type: ignore[misc]
+
+
+def test_a_narrower_model_face_type_is_cut_from_the_extracted_crops(demo_data):
+    data = copy.deepcopy(demo_data)
+    data["train"]["model"].update(face_type="full", resolution=192)
+    assert parse_params(data).train.model.face_type == "full"
+    data["train"]["model"]["resolution"] = 208  # full is 2.5/3.2 of a whole_face crop: 200 of 256 px
+    with pytest.raises(ParamsError, match="200 px of extract.faces.size = 256"):
+        parse_params(data)

@@ -1,11 +1,17 @@
 """Training augmentations on numpy images (HWC or HW, any dtype cv2 handles), deterministic per generator.
 
-Two kinds:
+Geometry:
 - A random similarity transform (rotation, scale, shift, flip) applied identically to a face and its
   mask, so the network sees varied framings of the same identity.
 - A random warp: a smooth random displacement field applied to the network input only. The target
   stays unwarped, so the autoencoder must learn to undo the distortion: it cannot just copy pixels
   and has to learn the face, which is what makes swapping work.
+
+DeepFaceLab SAEHD's optional sample options (it applies the colour ones to src samples only):
+- colour transfer (ct_mode): recolour a src face to a random dst face's colours, input and target alike;
+- random HSV shift (random_hsv_power): jitter hue, saturation and value of the input only;
+- blur out mask: blur the target's background, so the model does not spend capacity on its detail;
+- uniform yaw: draw faces so every yaw range is equally likely, not just the common frontal one.
 """
 
 from __future__ import annotations
@@ -16,12 +22,21 @@ from typing import Any
 import cv2
 import numpy as np
 
+from tasks.color import ColorTransfer, transfer_color
+
 logger = logging.getLogger(__name__)
 
 MAX_ROTATION_DEGREES = 10.0
 MAX_SCALE_CHANGE = 0.05  # fraction of the size
 MAX_SHIFT = 0.05  # fraction of the size
 DEFAULT_WARP_STRENGTH = 0.25  # standard deviation of the control-point offsets, in grid cells
+HUE_DEGREES = 360.0  # OpenCV's float HSV: hue in [0, 360), saturation and value in [0, 1]
+BLUR_OUT_DIVISOR = 128  # DeepFaceLab blurs the background with sigma = resolution / 128
+YAW_RANGE = (-90.0, 90.0)  # degrees (tasks.pose conventions); yaws beyond it count in the edge bins
+DEFAULT_YAW_BINS = 32  # 5.6-degree bins over YAW_RANGE
+# A colour transfer during training measures both faces inside the overlap of their masks; below
+# this fraction of the crop the overlap says little and whole crops are compared instead.
+MIN_SHARED_MASK_FRACTION = 0.05
 
 
 def random_transform_params(rng: np.random.Generator, size: int, allow_flip: bool = True) -> dict[str, Any]:
@@ -138,6 +153,129 @@ def resize_faceset(faces: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.
             np.stack([resize_square(mask, size) for mask in masks]))
 
 
+def random_hsv(image: np.ndarray, rng: np.random.Generator, power: float) -> np.ndarray:
+    """Shift hue, saturation and value by random amounts scaled by ``power`` (DFL random_hsv_power).
+
+    Hue moves by up to +-180 * power degrees (wrapping round), saturation and value by up to
+    +-power / 2 (clipped to [0, 1]); one draw of each per call, for the whole image.
+
+    Args:
+        image: (H, W, 3) BGR, uint8 or float in [0, 1].
+        rng: The generator; equal seeds give equal shifts.
+        power: In [0, 1]; 0 returns an unchanged copy (and draws nothing). DFL suggests up to 0.3.
+
+    Returns:
+        The shifted image, same shape and dtype.
+
+    Raises:
+        ValueError: ``power`` is outside [0, 1] or the image is not (H, W, 3).
+    """
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"random_hsv power must be in [0, 1], got {power}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"random_hsv needs an (H, W, 3) BGR image, got shape {image.shape}")
+    if power == 0:
+        return image.copy()
+    hue_shift = rng.uniform(-0.5, 0.5) * power * HUE_DEGREES
+    saturation_shift, value_shift = rng.uniform(-0.5, 0.5, size=2) * power
+    floats = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    hue, saturation, value = cv2.split(cv2.cvtColor(floats, cv2.COLOR_BGR2HSV))
+    hue = np.mod(hue + hue_shift, HUE_DEGREES)
+    saturation = np.clip(saturation + saturation_shift, 0.0, 1.0)
+    value = np.clip(value + value_shift, 0.0, 1.0)
+    hsv = np.stack([hue, saturation, value], axis=-1).astype(np.float32)
+    shifted = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR), 0.0, 1.0)
+    if image.dtype == np.uint8:
+        return np.round(shifted * 255.0).astype(np.uint8)
+    return shifted.astype(image.dtype)
+
+
+def blur_out_mask(image: np.ndarray, mask: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """Blur the background outside the face mask, keeping the face and never smearing it outwards.
+
+    DeepFaceLab's "blur out mask": the background is replaced by a normalised convolution of the
+    background alone, blur(image * (1 - m)) / blur(1 - m), so face colours do not bleed into it;
+    the face (m = 1) is kept as it is. Training targets treated this way carry no background
+    detail next to the face for the model to learn, which makes the seam of a swap less visible.
+
+    Args:
+        image: (H, W, 3) uint8 or float image.
+        mask: (H, W) or (H, W, 1) face mask, uint8 0..255 or float 0..1.
+        sigma: Blur sigma in pixels; default max(H, W) / 128 as in DeepFaceLab.
+
+    Returns:
+        The image with its background blurred, same shape and dtype.
+
+    Raises:
+        ValueError: The mask does not match the image or ``sigma`` is not positive.
+    """
+    weights = mask[..., 0] if mask.ndim == 3 else mask
+    if weights.shape != image.shape[:2]:
+        raise ValueError(f"blur_out_mask mask {mask.shape} does not match the image {image.shape}")
+    sigma = max(image.shape[:2]) / BLUR_OUT_DIVISOR if sigma is None else sigma
+    if not sigma > 0:
+        raise ValueError(f"blur_out_mask sigma must be positive, got {sigma}")
+    face = (weights.astype(np.float32) / 255.0 if weights.dtype == np.uint8 else weights.astype(np.float32))[..., None]
+    floats = image.astype(np.float32)
+    background = 1.0 - face  # (H, W, 1)
+    blurred = cv2.GaussianBlur(floats * background, (0, 0), sigma).reshape(floats.shape)
+    coverage = cv2.GaussianBlur(background, (0, 0), sigma).reshape(background.shape)  # background share
+    normalised = np.divide(blurred, coverage, out=floats.copy(), where=coverage > 1e-6)
+    result = floats * face + normalised * background
+    if image.dtype == np.uint8:
+        return np.clip(np.round(result), 0, 255).astype(np.uint8)
+    return result.astype(image.dtype)
+
+
+def yaw_balanced_weights(yaws: np.ndarray, bins: int = DEFAULT_YAW_BINS) -> np.ndarray:
+    """Sampling probabilities that make every occupied yaw bin equally likely (DFL uniform_yaw).
+
+    Faces are binned over YAW_RANGE; each face gets 1 / (faces in its bin * occupied bins), so
+    rare profiles are drawn as often as the many frontal faces. NaN yaws count in the middle bin.
+
+    Args:
+        yaws: (N,) yaw angles in degrees.
+        bins: Bins across YAW_RANGE.
+
+    Returns:
+        (N,) float64 probabilities summing to 1 (empty for no faces).
+
+    Raises:
+        ValueError: ``yaws`` is not 1-D or ``bins`` < 1.
+    """
+    yaws = np.asarray(yaws, dtype=np.float64)
+    if yaws.ndim != 1 or bins < 1:
+        raise ValueError(f"yaw_balanced_weights needs (N,) yaws and bins >= 1, got {yaws.shape} and {bins}")
+    low, high = YAW_RANGE
+    position = np.nan_to_num((yaws - low) / (high - low), nan=0.5)
+    bin_of_face = np.clip((position * bins).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(bin_of_face, minlength=bins)
+    return 1.0 / (counts[bin_of_face] * np.count_nonzero(counts))
+
+
+def check_probabilities(weights: np.ndarray, count: int) -> np.ndarray:
+    """Validate per-face sampling weights and normalise them to probabilities: (N,) float64."""
+    probabilities = np.asarray(weights, dtype=np.float64)
+    if probabilities.shape != (count,) or not np.all(np.isfinite(probabilities)) or np.any(probabilities < 0):
+        raise ValueError(f"sample_batch weights must be {count} finite values >= 0 (one per face), "
+                         f"got shape {probabilities.shape}")
+    total = probabilities.sum()
+    if not total > 0:
+        raise ValueError("sample_batch weights are all zero; give at least one face a positive weight")
+    return probabilities / total
+
+
+def recolour_face(face: np.ndarray, mask: np.ndarray, reference: np.ndarray, reference_mask: np.ndarray | None,
+                  kind: ColorTransfer) -> np.ndarray:
+    """Recolour a uint8 face to a reference face's colours, measured where both masks overlap."""
+    shared = None
+    if reference_mask is not None:
+        shared = np.minimum(mask, reference_mask).astype(np.float32) / 255.0  # (R, R) in [0, 1]
+        if shared.sum() < MIN_SHARED_MASK_FRACTION * shared.size:
+            shared = None
+    return np.round(transfer_color(kind, face, reference, shared) * 255.0).astype(np.uint8)
+
+
 def sample_batch(
     faces: np.ndarray,
     masks: np.ndarray,
@@ -145,8 +283,18 @@ def sample_batch(
     batch_size: int,
     allow_flip: bool = True,
     warp: bool = True,
+    weights: np.ndarray | None = None,
+    hsv_power: float = 0.0,
+    color_transfer: ColorTransfer | None = None,
+    color_reference: np.ndarray | None = None,
+    color_reference_masks: np.ndarray | None = None,
+    blur_outside_mask: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw a training batch with replacement and augment it.
+
+    Per face: optional colour transfer (on the raw face), the random transform (face and mask),
+    optional blur-out of the target's background, the random warp (input only), optional HSV
+    shift (input only). With every option at its default the draws are those of the plain batch.
 
     Args:
         faces: (N, R, R, 3) uint8 faces at the model resolution.
@@ -155,17 +303,43 @@ def sample_batch(
         batch_size: Faces to draw.
         allow_flip: Let the random transform flip faces horizontally.
         warp: Randomly warp the inputs.
+        weights: Optional (N,) sampling weights (e.g. ``yaw_balanced_weights``); uniform when None.
+        hsv_power: ``random_hsv`` power for the inputs; 0 for none.
+        color_transfer: Recolour each face (input and target) to a random reference face's colours
+            with this tasks.color method; None or "none" for no transfer.
+        color_reference: (M, R, R, 3) uint8 faces to take colours from (the dst faces); needed
+            with a colour transfer.
+        color_reference_masks: Optional (M, R, R) uint8 masks of the reference faces; with them the
+            colours are measured where the two faces' masks overlap, else over the whole crops.
+        blur_outside_mask: Blur the targets' background (``blur_out_mask``).
 
     Returns:
-        inputs (B, R, R, 3) (transformed, then warped if ``warp``), targets (B, R, R, 3)
-        (transformed only) and target masks (B, R, R); all uint8.
+        inputs (B, R, R, 3), targets (B, R, R, 3) and target masks (B, R, R); all uint8.
+
+    Raises:
+        ValueError: Bad weights, or a colour transfer without reference faces.
     """
     size = faces.shape[1]
+    transfer = color_transfer not in (None, "none")
+    if transfer and (color_reference is None or len(color_reference) == 0):
+        raise ValueError(f"color_transfer {color_transfer!r} needs color_reference faces to take colours from; "
+                         "pass the dst faces or set color_transfer to none")
+    if weights is None:
+        indices = rng.integers(0, len(faces), size=batch_size)
+    else:
+        indices = rng.choice(len(faces), size=batch_size, p=check_probabilities(weights, len(faces)))
     inputs, targets, target_masks = [], [], []
-    for index in rng.integers(0, len(faces), size=batch_size):
+    for index in indices:
+        face, mask = faces[index], masks[index]
+        if transfer:
+            reference = int(rng.integers(0, len(color_reference)))
+            reference_mask = None if color_reference_masks is None else color_reference_masks[reference]
+            face = recolour_face(face, mask, color_reference[reference], reference_mask, color_transfer)
         params = random_transform_params(rng, size, allow_flip=allow_flip)
-        target = apply_transform(faces[index], params, size)
-        targets.append(target)
-        target_masks.append(apply_transform(masks[index], params, size))
-        inputs.append(random_warp(target, rng) if warp else target)
+        transformed = apply_transform(face, params, size)
+        target_mask = apply_transform(mask, params, size)
+        targets.append(blur_out_mask(transformed, target_mask) if blur_outside_mask else transformed)
+        target_masks.append(target_mask)
+        network_input = random_warp(transformed, rng) if warp else transformed
+        inputs.append(random_hsv(network_input, rng, hsv_power) if hsv_power > 0 else network_input)
     return np.stack(inputs), np.stack(targets), np.stack(target_masks)

@@ -35,6 +35,7 @@ def configure(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No prog
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that carry a message for the user: printed without a traceback."""
     from flows.extract import ExtractionError
+    from flows.history import HistoryError
     from flows.params import ParamsError
     from flows.pipeline import StageFailed
     from model.checkpoint import CheckpointError
@@ -49,7 +50,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     return (ParamsError, ExtractionError, StageFailed, CheckpointError, ExportError, FacesetError, EmptyFacesetError,
             ConfigMismatchError, VideoError, ImageError, ModelFileError, DecisionsError, IdentityError,
-            FileNotFoundError)
+            FileNotFoundError, HistoryError)
 
 
 def run_reporting_errors(function, *args, **kwargs):
@@ -172,3 +173,39 @@ def serve(root: Root = Path(".")) -> None:
                       "`prefect server start --host 127.0.0.1` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`")
         raise typer.Exit(1)
     run_reporting_errors(serve_deployments, root.resolve())
+
+
+@app.command()
+def history(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most this many revisions.")] = 20,
+    root: Root = Path("."),
+) -> None:
+    """List the pipeline's revisions: the params keys each changed and every training stage's metrics."""
+    from flows.history import list_history, print_history
+
+    print_history(run_reporting_errors(list_history, root.resolve(), limit), Console())
+
+
+@app.command()
+def rollback(
+    revision: Annotated[str, typer.Argument(help="The revision to return to (from `faceflow history`, or HEAD~1, a tag...).")],
+    stage: Annotated[str | None, typer.Option("--stage", help="Only this training stage and the stages before it; "
+                                              "later stages keep their params and retrain on the next run.")] = None,
+    commit: Annotated[bool, typer.Option("--commit/--no-commit", help="Record the rollback as a new revision.")] = True,
+    root: Root = Path("."),
+) -> None:
+    """Return to an earlier revision's model: params, dvc.lock and decisions from git, outputs from the DVC cache."""
+    from flows.history import rollback as rollback_to
+
+    result = run_reporting_errors(rollback_to, root.resolve(), revision, stage, commit)
+    console.print(f"restored {len(result.restored_stages)} stage(s) from {result.short}: {', '.join(result.restored_stages)}")
+    if result.commit:
+        console.print(f"recorded as revision {result.commit[:7]}")
+    elif result.changed_files:
+        console.print(f"left uncommitted (staged): {', '.join(result.changed_files)}")
+    else:
+        console.print(f"the pipeline files already match {result.short}")
+    if result.stale_stages:
+        console.print(f"`faceflow run` will run again: {', '.join(result.stale_stages)}")
+    else:
+        console.print("every stage is up to date")

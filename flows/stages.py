@@ -10,6 +10,9 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import numbers
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -56,6 +59,23 @@ def checkpoint_dir(stage: str) -> str:
 
 def selection_file(side: str) -> str:
     return f"data/{side}/selection.json"
+
+
+def metrics_file(stage: str) -> str:
+    """train@<stage>'s metrics (final losses, held-out score): a DVC metrics file."""
+    return f"metrics/train/{stage}.json"
+
+
+def loss_history_file(stage: str) -> str:
+    """train@<stage>'s loss curve, one row per logged iteration: a DVC plots file."""
+    return f"metrics/train/{stage}/losses.tsv"
+
+
+# Columns every loss history has, in this order (a row may leave any but "iteration" empty), so the
+# plots in dvc.yaml find their fields in every stage's file. Other columns follow these.
+LOSS_HISTORY_COLUMNS = ("iteration", "total", "src_total", "dst_total", "score")
+LOSS_PLOT_FIELDS = ("src_total", "dst_total")
+SCORE_PLOT_FIELD = "score"
 
 
 def training_inputs() -> list[str]:
@@ -113,7 +133,10 @@ def render_stages(params: Params) -> dict:
                 "deps": ["checkpoints/${item.previous}", *training_inputs(), *code_dependencies("flows/train.py")],
                 "params": ["train.model", "train.stages.${key}"],
                 "outs": ["checkpoints/${key}", "logs/${key}"],
-                "metrics": [{"metrics/train/${key}.json": {"cache": False}}],
+                # Metrics and plots are small and committed to git with dvc.lock (cache: false), so every
+                # revision carries its own: `dvc metrics diff`, `dvc plots diff`, `faceflow history`.
+                "metrics": [{metrics_file("${key}"): {"cache": False}}],
+                "plots": [{loss_history_file("${key}"): {"cache": False, "x": "iteration", "y": "total"}}],
             },
         },
         "merge": {
@@ -131,7 +154,18 @@ def render_stages(params: Params) -> dict:
             "metrics": [{"metrics/export.json": {"cache": False}}],
         },
     }
-    return {"stages": stages}
+    return {"stages": stages, "plots": training_plots(params.train.stage_names)}
+
+
+def training_plots(stage_names: list[str]) -> list[dict]:
+    """Top-level plots over the whole training chain: iterations run on across stages, so the curves join up."""
+    files = [loss_history_file(name) for name in stage_names]
+    return [
+        {"training loss": {"x": "iteration", "y": {path: list(LOSS_PLOT_FIELDS) for path in files},
+                           "y_label": "loss per side (weighted sum of its terms)"}},
+        {"held-out score": {"x": "iteration", "y": {path: SCORE_PLOT_FIELD for path in files},
+                            "y_label": "SSIM inside the face mask, held-out faces"}},
+    ]
 
 
 def stage_order(params: Params) -> list[str]:
@@ -160,3 +194,48 @@ def write_metrics(path: Path, metrics: dict) -> None:
     """A stage's metrics file (DVC metrics: compared across revisions by ``dvc metrics diff``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def format_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars are Real too
+        raise ValueError(f"loss history values must be numbers, got {value!r}")
+    return str(int(value)) if isinstance(value, numbers.Integral) else f"{float(value):.6g}"
+
+
+def write_loss_history(path: Path, rows: Sequence[Mapping[str, float | int | None]]) -> None:
+    """Write a training stage's loss curve as the tab-separated file DVC plots reads (replacing it atomically).
+
+    Args:
+        path: Where to write, normally ``root / loss_history_file(stage)``.
+        rows: One mapping per logged iteration, in order: "iteration" (the model's total iteration
+            count, so stages continue one another's curves) and numbers such as "total",
+            "src_total", "dst_total" and "score". A missing or None value is an empty cell.
+
+    Raises:
+        ValueError: A row has no "iteration", or a value is not a number.
+    """
+    columns = list(LOSS_HISTORY_COLUMNS)
+    for index, row in enumerate(rows):
+        if row.get("iteration") is None:
+            raise ValueError(f"loss history row {index} has no 'iteration': {dict(row)}")
+        columns += [name for name in row if name not in columns]
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(format_cell(row.get(name)) for name in columns) for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("\n".join(lines) + "\n")
+    os.replace(partial, path)
+
+
+def read_loss_history(path: Path) -> list[dict[str, float]]:
+    """Read a file written by ``write_loss_history``: one dict per row, empty cells left out, "iteration" an int."""
+    header, *lines = path.read_text().splitlines()
+    columns = header.split("\t")
+    rows = []
+    for line in lines:
+        row = {name: float(cell) for name, cell in zip(columns, line.split("\t"), strict=True) if cell}
+        row["iteration"] = int(row["iteration"])
+        rows.append(row)
+    return rows

@@ -3,6 +3,7 @@
 A checkpoint directory holds:
     model.safetensors      the model's state_dict
     optimizer.safetensors  the optimizer's per-parameter tensors, as "state.<index>.<name>" (optional)
+    training.safetensors   other tensors a resumed run needs, e.g. the torch RNG state (optional)
     checkpoint.json        format version, model config, training state, optimizer param groups and
                            non-tensor per-parameter values, and the sha256 and size of each safetensors file
 
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINING_FILE = "training.safetensors"
 MANIFEST_FILE = "checkpoint.json"
 
 
@@ -50,12 +52,14 @@ class Checkpoint:
         config: The model's hyperparameters as saved.
         state: The training state, e.g. {"iteration": int, "stage": str, ...}.
         optimizer_state: An ``optimizer.state_dict()``-shaped dict, or None when none was saved.
+        training_tensors: Name -> CPU tensor saved beside the training state (empty when none was saved).
     """
 
     model: SwapAutoencoder
     config: ModelConfig
     state: dict[str, Any]
     optimizer_state: dict[str, Any] | None
+    training_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def write_atomically(path: Path, payload: bytes) -> None:
@@ -85,9 +89,8 @@ def sync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split ``optimizer.state_dict()`` into safetensors tensors and a JSON-able remainder."""
-    state_dict = optimizer.state_dict()
+def split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an ``optimizer.state_dict()`` into safetensors tensors and a JSON-able remainder."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in state_dict["state"].items():
@@ -127,6 +130,7 @@ def save_checkpoint(
     config: ModelConfig,
     state: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
+    training_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save a model (and optionally its optimizer) as a checkpoint directory.
 
@@ -136,6 +140,35 @@ def save_checkpoint(
         config: The model's hyperparameters, saved so the checkpoint rebuilds its own model.
         state: JSON-able training state, e.g. {"iteration": 1000, "stage": "warmup"}.
         optimizer: Saved too when given, so training can resume with its moments.
+        training_tensors: Other tensors a resumed run needs (e.g. the torch RNG state), saved when given.
+
+    Returns:
+        The path of checkpoint.json.
+
+    Raises:
+        CheckpointError: ``state`` or the optimizer's settings are not JSON-able.
+    """
+    optimizer_state = optimizer.state_dict() if optimizer is not None else None
+    return save_checkpoint_state(directory, model.state_dict(), config, state, optimizer_state, training_tensors)
+
+
+def save_checkpoint_state(
+    directory: Path,
+    model_state: dict[str, torch.Tensor],
+    config: ModelConfig,
+    state: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
+    training_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save state dicts as a checkpoint directory (``save_checkpoint`` for copies taken earlier).
+
+    Args:
+        directory: Where to write; created if missing. Existing checkpoint files are replaced.
+        model_state: A ``model.state_dict()`` of the model ``config`` describes.
+        config: The model's hyperparameters.
+        state: JSON-able training state.
+        optimizer_state: An ``optimizer.state_dict()``, saved when given.
+        training_tensors: Other tensors a resumed run needs, saved when given.
 
     Returns:
         The path of checkpoint.json.
@@ -147,10 +180,12 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "state": state,
                                 "files": {}}
-    tensor_files = {MODEL_FILE: {name: value.detach().contiguous().cpu() for name, value in model.state_dict().items()}}
-    if optimizer is not None:
-        optimizer_tensors, manifest["optimizer"] = split_optimizer_state(optimizer)
+    tensor_files = {MODEL_FILE: {name: value.detach().contiguous().cpu() for name, value in model_state.items()}}
+    if optimizer_state is not None:
+        optimizer_tensors, manifest["optimizer"] = split_optimizer_state(optimizer_state)
         tensor_files[OPTIMIZER_FILE] = optimizer_tensors
+    if training_tensors is not None:
+        tensor_files[TRAINING_FILE] = {name: value.detach().contiguous().cpu() for name, value in training_tensors.items()}
     try:
         manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()  # fail before writing anything
     except TypeError as error:
@@ -160,9 +195,10 @@ def save_checkpoint(
         payload = save_safetensors(tensors, metadata={"format_version": str(FORMAT_VERSION)})
         write_atomically(directory / name, payload)
         manifest["files"][name] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
-    if optimizer is None:
-        # A stale optimizer file from an earlier save must not be mistaken for this model's.
-        (directory / OPTIMIZER_FILE).unlink(missing_ok=True)
+    for name in (OPTIMIZER_FILE, TRAINING_FILE):
+        if name not in tensor_files:
+            # A stale file from an earlier save must not be mistaken for this model's.
+            (directory / name).unlink(missing_ok=True)
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     manifest_path = directory / MANIFEST_FILE
     write_atomically(manifest_path, manifest_bytes)
@@ -261,5 +297,9 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> Checkpoint:
         # and Adam wants its "step" counters on the CPU unless it runs in capturable mode.
         tensors = read_verified_tensors(directory, OPTIMIZER_FILE, files[OPTIMIZER_FILE], "cpu")
         optimizer_state = join_optimizer_state(tensors, manifest["optimizer"])
+    training_tensors = {}
+    if TRAINING_FILE in files:
+        training_tensors = read_verified_tensors(directory, TRAINING_FILE, files[TRAINING_FILE], "cpu")
     logger.info("loaded checkpoint %s (iteration %s)", directory, manifest["state"].get("iteration"))
-    return Checkpoint(model=model, config=config, state=manifest["state"], optimizer_state=optimizer_state)
+    return Checkpoint(model=model, config=config, state=manifest["state"], optimizer_state=optimizer_state,
+                      training_tensors=training_tensors)

@@ -13,10 +13,12 @@ from model.checkpoint import (
     MANIFEST_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
+    TRAINING_FILE,
     CheckpointError,
     load_checkpoint,
     read_checkpoint_config,
     save_checkpoint,
+    save_checkpoint_state,
 )
 from model.config import ModelConfig
 from model.networks import SwapAutoencoder, build_model
@@ -150,3 +152,29 @@ def test_unserialisable_state_fails_before_touching_the_checkpoint(saved) -> Non
     with pytest.raises(CheckpointError, match="not JSON-able"):
         save_checkpoint(directory, model, TINY, {"iteration": 1, "when": object()})
     assert {path.name: path.read_bytes() for path in directory.iterdir()} == before
+
+
+def test_training_tensors_round_trip_checksummed_and_stale_ones_removed(saved) -> None:
+    directory, model, optimizer = saved
+    assert load_checkpoint(directory).training_tensors == {}
+    rng_state = torch.get_rng_state()  # a uint8 tensor
+    save_checkpoint(directory, model, TINY, STATE, optimizer, training_tensors={"torch_rng": rng_state})
+    loaded = load_checkpoint(directory).training_tensors
+    assert set(loaded) == {"torch_rng"} and loaded["torch_rng"].dtype == torch.uint8
+    assert torch.equal(loaded["torch_rng"], rng_state)
+    payload = bytearray((directory / TRAINING_FILE).read_bytes())
+    payload[-1] ^= 0xFF
+    (directory / TRAINING_FILE).write_bytes(bytes(payload))
+    with pytest.raises(CheckpointError, match=r"training\.safetensors fails its sha256 check"):
+        load_checkpoint(directory)
+    save_checkpoint(directory, model, TINY, STATE, optimizer)
+    assert not (directory / TRAINING_FILE).exists()
+    assert load_checkpoint(directory).training_tensors == {}
+
+
+def test_saving_state_dict_copies_writes_the_same_files(saved, tmp_path: Path) -> None:
+    directory, model, optimizer = saved
+    copies = tmp_path / "copies"
+    save_checkpoint_state(copies, model.state_dict(), TINY, STATE, optimizer.state_dict())
+    for name in (MODEL_FILE, OPTIMIZER_FILE, MANIFEST_FILE):
+        assert (copies / name).read_bytes() == (directory / name).read_bytes(), name

@@ -22,6 +22,7 @@ from tasks.train import (
     StageOptions,
     TrainingData,
     sample_batch_tensors,
+    sample_batches,
     train_stage,
     train_step,
 )
@@ -58,6 +59,13 @@ def test_stage_options_validate() -> None:
         StageOptions(batch_size=0)
     with pytest.raises(ValueError, match="learning_rate"):
         StageOptions(learning_rate=0.0)
+    with pytest.raises(ValueError, match="save_every"):
+        StageOptions(save_every=0)
+    with pytest.raises(ValueError, match="collapse_factor"):
+        StageOptions(collapse_factor=0.5)
+    with pytest.raises(ValueError, match="seed"):
+        StageOptions(seed=-1)
+    assert StageOptions(collapse_factor=0).collapse_factor == 0
 
 
 @pytest.mark.parametrize("side", ["src", "dst"])
@@ -88,6 +96,23 @@ def test_sample_batch_tensors_are_model_ready(data: TrainingData) -> None:
     assert not torch.equal(inputs, targets)  # warped input, unwarped target
 
 
+def test_batches_are_a_pure_function_of_seed_and_iteration(data: TrainingData) -> None:
+    facesets = {side: (getattr(data, f"{side}_faces")[:6], getattr(data, f"{side}_masks")[:6]) for side in ("src", "dst")}
+
+    def draw(options: StageOptions, iteration: int) -> list[torch.Tensor]:
+        batches = sample_batches(facesets, options, iteration, torch.device("cpu"))
+        return [tensor for side in ("src", "dst") for tensor in batches[side]]
+
+    def same(first: list[torch.Tensor], second: list[torch.Tensor]) -> bool:
+        return all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+    later = draw(OPTIONS, 42)
+    draw(OPTIONS, 41)  # drawing other iterations in between changes nothing
+    assert same(draw(OPTIONS, 42), later)
+    assert not same(draw(OPTIONS, 43), later)
+    assert not same(draw(replace(OPTIONS, seed=8), 42), later)
+
+
 def test_train_step_lowers_the_loss(data: TrainingData) -> None:
     torch.manual_seed(0)
     model = build_model(TINY)
@@ -109,13 +134,15 @@ def test_stage_writes_checkpoint_preview_and_logs(first_stage) -> None:
     root, result = first_stage
     assert result.iterations == 12
     assert {"src_total", "dst_total", "src_dssim", "dst_mask", "total", "ms_per_iteration"} <= set(result.metrics)
+    assert result.metrics["collapse_rollbacks"] == 0
     assert all(np.isfinite(value) for value in result.metrics.values())
     assert result.preview_path == root / "model" / "preview.png"
     preview = cv2.imread(str(result.preview_path))
     assert preview.shape == (4 * 32, 5 * 32, 3)
     checkpoint = load_checkpoint(root / "model")
     assert checkpoint.config == TINY
-    assert checkpoint.state == {"iteration": 12, "stage": "warmup", "seed": 7, "history": ["warmup"]}
+    assert checkpoint.state == {"iteration": 12, "stage": "warmup", "seed": 7, "history": ["warmup"],
+                                "collapse_events": []}
     assert checkpoint.optimizer_state is not None
     events = EventAccumulator(str(root / "logs"))
     events.Reload()

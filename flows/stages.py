@@ -123,7 +123,8 @@ def render_stages(params: Params) -> dict:
         "init": {
             "cmd": "faceflow stage init",
             "deps": code_dependencies("flows/init_model.py"),
-            "params": ["train.model"],
+            # init_from is listed only when set: DVC refuses a params key that params.yaml lacks
+            "params": ["train.model", *(["train.init_from"] if params.train.init_from is not None else [])],
             "outs": [checkpoint_dir("init")],
         },
         "train": {

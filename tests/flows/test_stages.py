@@ -88,6 +88,10 @@ def test_params_keys_are_narrow(project_root):
     assert stages["export"]["params"] == ["export"]
     assert stages["train"]["do"]["params"] == ["train.model", "train.stages.${key}"]
     assert stages["extract"]["do"]["params"] == ["extract.faces", "extract.${item}"]
+    assert stages["init"]["params"] == ["train.model"], "no init_from in the demo params: DVC would refuse the missing key"
+    data = yaml.safe_load((project_root / "params.yaml").read_text())
+    data["train"]["init_from"] = {"path": "../other/checkpoints/sharpen"}
+    assert render_stages(parse_params(data))["stages"]["init"]["params"] == ["train.model", "train.init_from"]
 
 
 def chain_params(project_root, stages: dict[str, dict]) -> dict:

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from flows.dfm_commands import dfm_app
 from flows.faceset_commands import faceset_app
 from flows.params import SIDES, Side
 
@@ -18,6 +19,7 @@ app = typer.Typer(help="faceflow: a reproducible face-swap pipeline (DVC + Prefe
 stage_app = typer.Typer(help="Run one pipeline stage (what dvc.yaml's commands call).", no_args_is_help=True)
 app.add_typer(stage_app, name="stage")
 app.add_typer(faceset_app, name="faceset")
+app.add_typer(dfm_app, name="dfm")
 console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project folder (holds params.yaml).")]

@@ -149,7 +149,8 @@ def render_stages(params: Params) -> dict:
         },
         "export": {
             "cmd": "faceflow stage export",
-            "deps": [final, *code_dependencies("flows/export.py")],
+            # the dst's own faces are what the exported file is checked on
+            "deps": [final, "data/raw/dst", *code_dependencies("flows/export.py")],
             "params": ["export"],
             "outs": ["exports"],
             "metrics": [{"metrics/export.json": {"cache": False}}],

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tasks.export import check_dfm
+from tasks.dfm_check import check_dfm
 from tasks.video import probe_video
 from tests.flows.project import ran_stages, set_params
 
@@ -30,7 +30,7 @@ def test_outputs_of_a_full_run(pipeline_project):
     assert sidecar["file_sha256"] == digest(render)
     assert "# Pose coverage" in (root / "reports" / "coverage.md").read_text()
     report = check_dfm(root / "exports" / "faceflow.dfm")
-    assert report["resolution"] == 32
+    assert report.resolution == 32
     for stage in ("warp", "sharpen"):
         assert list((root / "logs" / stage).rglob("events.out.tfevents.*")), f"no TensorBoard events for {stage}"
         assert (root / "checkpoints" / stage / "model.safetensors").is_file()

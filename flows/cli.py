@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from flows.dfm_commands import dfm_app
 from flows.faceset_commands import faceset_app
+from flows.merge_preview import preview_command
 from flows.params import SIDES, Side
 
 app = typer.Typer(help="faceflow: a reproducible face-swap pipeline (DVC + Prefect).", no_args_is_help=True)
@@ -20,6 +21,7 @@ stage_app = typer.Typer(help="Run one pipeline stage (what dvc.yaml's commands c
 app.add_typer(stage_app, name="stage")
 app.add_typer(faceset_app, name="faceset")
 app.add_typer(dfm_app, name="dfm")
+app.command("merge-preview")(preview_command)
 console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project folder (holds params.yaml).")]
@@ -47,12 +49,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tasks.faceset import FacesetError
     from tasks.identity import IdentityError
     from tasks.images import ImageError
+    from tasks.merge import MergeError
     from tasks.train import ConfigMismatchError, EmptyFacesetError
     from tasks.video import VideoError
 
     return (ParamsError, ExtractionError, StageFailed, CheckpointError, ExportError, FacesetError, EmptyFacesetError,
             ConfigMismatchError, VideoError, ImageError, ModelFileError, DecisionsError, IdentityError,
-            FileNotFoundError, HistoryError)
+            FileNotFoundError, HistoryError, MergeError)
 
 
 def run_reporting_errors(function, *args, **kwargs):

@@ -1,8 +1,14 @@
-"""merge: the final model swaps the face in every frame of each dst video -> renders/<name>.mp4."""
+"""merge: the final model swaps the target's face in every frame of each dst video -> renders/<name>.mp4.
+
+With merge.codec png a video renders to renders/<name>/<frame>.png instead. Earlier renders stay in
+place until their replacement is complete; renders of videos no longer in data/raw/dst are removed
+at the end.
+"""
 
 from __future__ import annotations
 
 import shutil
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,52 +17,91 @@ from prefect.cache_policies import NONE
 
 from flows.params import load_params
 from flows.progress import progress_bar
-from flows.stages import checkpoint_dir, faces_table, write_metrics
+from flows.stages import checkpoint_dir, faces_table, selection_file, write_metrics
 from tasks.images import list_media
-from tasks.merge import FaceSwapper, MergeOptions, RenderReport, render_video
+from tasks.merge import FaceSwapper, MergeError, MergeOptions, RenderReport, check_face_type, read_other_people, render_video
 from tasks.provenance import container_metadata, pipeline_revision, write_sidecar
 from tasks.video import probe_video
 
 
+def choose_render_path(renders: Path, video: Path, options: MergeOptions) -> Path:
+    """renders/<stem>.mp4, or the folder renders/<stem>/ of PNG frames."""
+    return renders / (video.stem if options.codec == "png" else f"{video.stem}.mp4")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise MergeError now, before any work, when renders cannot be written into ``folder``."""
+    probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise MergeError(f"{folder}: renders cannot be written here ({error}); make it writable or free some space") from None
+
+
 @task(retries=1, cache_policy=NONE)
-def render_dst_video(video: Path, faces: Path, swapper: FaceSwapper, output: Path, options: MergeOptions, revision: dict) -> dict:
+def render_dst_video(video: Path, faces: Path, swapper: FaceSwapper, output: Path, options: MergeOptions, revision: dict,
+                     other_people: frozenset[str]) -> dict:
     """Render one dst video and write its provenance sidecar."""
     metadata = container_metadata(revision) if options.label_synthetic else {}
-    with progress_bar(f"merge {video.name}", probe_video(video).frame_count) as advance:
-        report: RenderReport = render_video(video, faces, swapper, output, options, metadata, on_frame=advance)
-    if options.label_synthetic:
+    total = probe_video(video).frame_count - options.start_frame
+    if options.end_frame is not None:
+        total = min(total, options.end_frame - options.start_frame + 1)
+    with progress_bar(f"merge {video.name}", total) as advance:
+        report: RenderReport = render_video(video, faces, swapper, output, options, metadata, on_frame=advance,
+                                            other_people=other_people)
+    if options.label_synthetic:  # for PNG frames the record sits beside their folder
         write_sidecar(output, revision, {"render": asdict(report)})
     return asdict(report)
 
 
+def summarize(reports: list[dict]) -> dict:
+    """metrics/merge.json: counts over every render and the flicker ratio over all of them."""
+    dst_change = sum(report["dst_change"] for report in reports)
+    render_change = sum(report["render_change"] for report in reports)
+    return {
+        "frames": sum(report["frames"] for report in reports),
+        "swapped_faces": sum(report["swapped_faces"] for report in reports),
+        "other_person_faces": sum(report["other_person_faces"] for report in reports),
+        "frames_without_face": sum(report["frames_without_face"] for report in reports),
+        # mean |frame-to-frame change| in the face boxes, render / dst: 1.0 = as steady as the dst
+        "flicker": round(render_change / dst_change, 4) if dst_change > 0 else None,
+    }
+
+
 @flow(name="merge", log_prints=True)
 def merge_flow(root: Path | None = None) -> dict:
-    """Swap the face in every frame of each dst video with the last training stage's model."""
+    """Swap the target's face in every frame of each dst video with the last training stage's model."""
     logger = get_run_logger()
     root = (root or Path.cwd()).resolve()
     params = load_params(root / "params.yaml")
     options = params.merge
     if not options.label_synthetic:
         logger.warning("merge.label_synthetic is off: renders carry no synthetic-media label or provenance record")
-    model_dir = root / checkpoint_dir(params.train.final_stage)
-    swapper = FaceSwapper.from_checkpoint(model_dir)
     videos, _ = list_media(root / "data" / "raw" / "dst")
     if not videos:
         raise FileNotFoundError(f"{root / 'data/raw/dst'} holds no video to merge into; add one (see the README)")
     renders = root / "renders"
-    shutil.rmtree(renders, ignore_errors=True)
-    renders.mkdir(parents=True)
+    check_writable(renders)
+    model_dir = root / checkpoint_dir(params.train.final_stage)
+    swapper = FaceSwapper.from_checkpoint(model_dir)
+    check_face_type(swapper.face_type, params.train.model.face_type, model_dir)
+    other_people = read_other_people(root / selection_file("dst"))
     revision = pipeline_revision(root, params.model_dump(mode="json"))
-    logger.info("read %s and %d dst video(s)", model_dir, len(videos))
-    reports = []
+    logger.info("read %s and %d dst video(s); %d faces of other people stay as they are", model_dir, len(videos),
+                len(other_people))
+    reports, outputs = [], set()
     for video in videos:
-        output = renders / f"{video.stem}.mp4"
-        reports.append(render_dst_video(video, root / faces_table("dst"), swapper, output, options, revision))
-        logger.info("wrote %s: %d frames, %d faces swapped", output, reports[-1]["frames"], reports[-1]["swapped_faces"])
-    metrics = {
-        "frames": sum(report["frames"] for report in reports),
-        "swapped_faces": sum(report["swapped_faces"] for report in reports),
-        "frames_without_face": sum(report["frames_without_face"] for report in reports),
-    }
+        output = choose_render_path(renders, video, options)
+        reports.append(render_dst_video(video, root / faces_table("dst"), swapper, output, options, revision, other_people))
+        outputs |= {output.name, f"{output.name}.provenance.json"}
+        logger.info("wrote %s: %d frames, %d faces swapped, flicker %s", output, reports[-1]["frames"],
+                    reports[-1]["swapped_faces"], reports[-1]["flicker"])
+    for stale in sorted(set(path.name for path in renders.iterdir()) - outputs):
+        logger.info("removing %s: its dst video is gone or it was rendered in another format", renders / stale)
+        stale_path = renders / stale
+        shutil.rmtree(stale_path) if stale_path.is_dir() else stale_path.unlink()
+    metrics = summarize(reports)
     write_metrics(root / "metrics" / "merge.json", metrics)
     return {"renders": [report["output"] for report in reports], **metrics}

@@ -142,7 +142,8 @@ def render_stages(params: Params) -> dict:
         },
         "merge": {
             "cmd": "faceflow stage merge",
-            "deps": [final, "data/raw/dst", faces_table("dst"), *code_dependencies("flows/merge.py")],
+            # the dst curation says which faces are other people, left unswapped
+            "deps": [final, "data/raw/dst", faces_table("dst"), selection_file("dst"), *code_dependencies("flows/merge.py")],
             "params": ["merge"],
             "outs": ["renders"],
             "metrics": [{"metrics/merge.json": {"cache": False}}],

@@ -1,27 +1,26 @@
 """Put a predicted face back into a full frame: the core of the merge step.
 
 The model paints a face in an aligned crop of side S (at its own resolution R). To merge,
-the prediction is scaled to S, masked, recoloured to the destination face, warped back into
-frame coordinates with the inverse of the frame->crop alignment and blended over the frame.
-Only the frame region the face lands in is touched, so per-face cost does not grow with the
-frame size.
+the prediction and its mask are scaled to S, the mask is eroded and feathered, the face is
+recoloured to the destination face (and histogram matched, sharpened or motion blurred when
+asked), warped back into frame coordinates with the inverse of the frame->crop alignment and
+blended over the frame by a blend mode (see tasks.blend). Only the frame region the face lands
+in is touched, so per-face cost does not grow with the frame size.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal, Protocol, get_args
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from tasks.blend import BlendMode, MotionBlur, SharpenMode, blur_along_motion, find_blend_mode, match_histograms, sharpen_face
 from tasks.color import MINIMUM_MASK_WEIGHT, ColorTransfer, transfer_color
 from tasks.masks import refine_mask
 
 logger = logging.getLogger(__name__)
-
-BlendMode = Literal["overlay"]
-BLEND_MODE_CHOICES: tuple[str, ...] = get_args(BlendMode)
 
 # Mask values below this (less than one 8-bit level) contribute nothing visible.
 VISIBLE_MASK_LEVEL = 0.5 / 255.0
@@ -33,32 +32,30 @@ class CompositeError(ValueError):
     """Inputs to composite_face have shapes, dtypes or values that cannot be merged."""
 
 
-class BlendFunction(Protocol):
-    """One blend mode of the registry."""
+@dataclass(frozen=True)
+class CompositeOptions:
+    """How one face is pasted; sizes are in pixels at the crop side S.
 
-    def __call__(self, frame_region: np.ndarray, face_region: np.ndarray, mask_region: np.ndarray) -> np.ndarray:
-        """Blend a warped face over a frame region.
+    Attributes:
+        color_transfer: how the face is recoloured to the dst crop (see tasks.color).
+        color_masked: measure colour statistics inside the mask only (DeepFaceLab's "-m" variants);
+            False measures them over the whole crop.
+        erode: pixels to shrink the mask by; negative grows it.
+        blur: feather width of the mask's edge; 0 keeps a hard edge.
+        blend_mode: see tasks.blend.BLEND_MODES.
+        hist_match_threshold: 0..255, for the hist_match blend modes (see tasks.blend.match_histograms).
+        sharpen_mode: none, box or gaussian unsharp masking of the face.
+        sharpen_amount: 0..100 percent.
+    """
 
-        Args:
-            frame_region: (h, w, 3) float32 frame pixels in 0..255.
-            face_region: (h, w, 3) float32 face pixels in 0..255, already in frame coordinates.
-            mask_region: (h, w, 1) float32 weights in [0, 1].
-
-        Returns:
-            (h, w, 3) float32 in 0..255; where the mask is 0 the frame value must come back
-            bit-exact so untouched pixels stay untouched.
-        """
-        ...
-
-
-def blend_overlay(frame_region: np.ndarray, face_region: np.ndarray, mask_region: np.ndarray) -> np.ndarray:
-    """Alpha blend: frame * (1 - m) + face * m, written so m == 0 returns the frame exactly."""
-    return frame_region + (face_region - frame_region) * mask_region
-
-
-BLEND_MODES: dict[str, BlendFunction] = {
-    "overlay": blend_overlay,
-}
+    color_transfer: ColorTransfer = "rct"
+    color_masked: bool = True
+    erode: int = 0
+    blur: int = 16
+    blend_mode: BlendMode = "overlay"
+    hist_match_threshold: int = 255
+    sharpen_mode: SharpenMode = "none"
+    sharpen_amount: int = 0
 
 
 def check_image(image: np.ndarray, name: str, dtype: type | None, channels: int | None) -> None:
@@ -109,17 +106,48 @@ def find_face_box(
     return x0, y0, x1, y1
 
 
+def scale_about_centre(matrix: np.ndarray, face_scale: int, side: int) -> np.ndarray:
+    """A frame->crop matrix whose crop sees ``1 + face_scale/100`` times less of the frame: a larger pasted face.
+
+    Args:
+        matrix: (2, 3) frame -> crop alignment of a crop of ``side`` px.
+        face_scale: percent; 0 returns the same transform.
+        side: the crop side; scaling is about the crop's centre.
+
+    Returns:
+        (2, 3) float64 matrix.
+    """
+    factor = 1.0 + face_scale / 100.0
+    centre = (side - 1) / 2.0
+    scaled = np.asarray(matrix, np.float64) / factor
+    scaled[:, 2] += centre - centre / factor
+    return scaled
+
+
+def prepare_face(
+    face: np.ndarray, mask: np.ndarray, crop_face: np.ndarray, options: CompositeOptions, motion: MotionBlur | None
+) -> np.ndarray:
+    """The crop-space steps before warping: colour transfer, histogram match, sharpen, motion blur.
+
+    (S, S, 3) float32 face in [0, 1] and (S, S) refined mask -> (S, S, 3) float32 in [0, 1].
+    """
+    face = transfer_color(options.color_transfer, face, crop_face, mask if options.color_masked else None)
+    if find_blend_mode(options.blend_mode).match_histogram:
+        face = match_histograms(face, crop_face, mask, options.hist_match_threshold)
+    face = sharpen_face(face, options.sharpen_mode, options.sharpen_amount)
+    if motion is not None:
+        face = blur_along_motion(face, motion)
+    return face
+
+
 def composite_face(
     frame: np.ndarray,
     matrix: np.ndarray,
     predicted_face: np.ndarray,
-    predicted_mask: np.ndarray,
-    dst_mask: np.ndarray,
+    mask: np.ndarray,
     crop_face: np.ndarray,
-    color_transfer: ColorTransfer,
-    erode: int,
-    blur: int,
-    blend_mode: BlendMode = "overlay",
+    options: CompositeOptions = CompositeOptions(),
+    motion: MotionBlur | None = None,
 ) -> np.ndarray:
     """Blend a predicted face into a frame at the place its aligned crop came from.
 
@@ -127,67 +155,62 @@ def composite_face(
         frame: (H, W, 3) uint8 BGR full frame.
         matrix: (2, 3) similarity mapping frame coordinates to crop coordinates (crop side S).
         predicted_face: (R, R, 3) float32 BGR in [0, 1], the model's face at its resolution R.
-        predicted_mask: (R, R) or (R, R, 1) float32 in [0, 1], the model's face mask.
-        dst_mask: (S, S) or (S, S, 1) float in [0, 1], the destination face's hull in crop coordinates.
+        mask: (R, R), (S, S) or with a trailing 1: float in [0, 1], the face's combined mask
+            (see tasks.merge_masks), before erode and feather.
         crop_face: (S, S, 3) uint8 BGR destination crop, the colour reference.
-        color_transfer: how to recolour the prediction (see tasks.color).
-        erode: pixels (at crop side S) to shrink the combined mask by; negative grows it.
-        blur: feather width in pixels at crop side S; 0 keeps a hard edge.
-        blend_mode: how face and frame are mixed (see BLEND_MODES).
+        options: colour transfer, mask refinement, blend mode and sharpening.
+        motion: blur the face along this streak (crop pixels) before pasting; None = no blur.
 
     Returns:
         A new (H, W, 3) uint8 frame; pixels outside the face's region are unchanged.
 
     Raises:
-        CompositeError: for malformed inputs, a non-invertible matrix or an unknown blend mode.
+        CompositeError: for malformed inputs or a non-invertible matrix.
+        tasks.blend.BlendError: for an unknown blend or sharpen mode.
         tasks.color.ColorTransferError: for an unknown colour transfer.
     """
     check_image(frame, "frame", np.uint8, 3)
     check_image(crop_face, "crop_face", np.uint8, 3)
     check_image(predicted_face, "predicted_face", None, 3)
-    predicted_mask = squeeze_mask(predicted_mask, "predicted_mask")
-    dst_mask = squeeze_mask(dst_mask, "dst_mask")
+    mask = squeeze_mask(mask, "mask")
     side = crop_face.shape[0]
-    if crop_face.shape[1] != side or dst_mask.shape != (side, side):
-        raise CompositeError(f"crop_face {crop_face.shape} and dst_mask {dst_mask.shape} must be the same square crop")
-    if predicted_face.shape[:2] != predicted_mask.shape or predicted_face.shape[0] != predicted_face.shape[1]:
-        raise CompositeError(
-            f"predicted_face {predicted_face.shape} and predicted_mask {predicted_mask.shape} "
-            "must be the same square size"
-        )
+    if crop_face.shape[1] != side:
+        raise CompositeError(f"crop_face must be a square crop, got {crop_face.shape}")
+    if predicted_face.shape[0] != predicted_face.shape[1] or mask.shape[0] != mask.shape[1]:
+        raise CompositeError(f"predicted_face {predicted_face.shape} and mask {mask.shape} must be square")
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.shape != (2, 3) or abs(np.linalg.det(matrix[:, :2])) < 1e-12:
         raise CompositeError(f"matrix must be an invertible (2, 3) frame->crop transform, got {matrix.tolist()}")
-    blend = BLEND_MODES.get(blend_mode)
-    if blend is None:
-        raise CompositeError(f"unknown blend mode {blend_mode!r}; choose one of {', '.join(BLEND_MODE_CHOICES)}")
+    recipe = find_blend_mode(options.blend_mode)
 
     face = np.clip(resize_to(predicted_face.astype(np.float32), side, cv2.INTER_CUBIC), 0.0, 1.0)
-    learned_mask = np.clip(resize_to(predicted_mask, side, cv2.INTER_LINEAR), 0.0, 1.0)
-    mask = refine_mask(dst_mask * learned_mask, erode, blur)  # (S, S) float32
+    if recipe.square:
+        mask = np.ones((side, side), dtype=np.float32)
+    else:
+        mask = np.clip(resize_to(mask, side, cv2.INTER_LINEAR), 0.0, 1.0)
+        if not recipe.raw:
+            mask = refine_mask(mask, options.erode, options.blur)  # (S, S) float32
 
     output = frame.copy()
     box = find_face_box(mask, cv2.invertAffineTransform(matrix), frame.shape)
     if box is None or float(mask.sum()) < MINIMUM_MASK_WEIGHT:
         logger.debug("nothing of the face is visible in the frame; frame left unchanged")
         return output
-    face = transfer_color(color_transfer, face, crop_face, mask)
+    if not recipe.raw:
+        face = prepare_face(face, mask, crop_face, options, motion)
 
     # The region's own frame->crop transform: region pixel (x, y) is frame pixel (x + x0, y + y0).
     x0, y0, x1, y1 = box
     region_matrix = matrix.copy()
     region_matrix[:, 2] += matrix[:, :2] @ np.array([x0, y0], dtype=np.float64)
     region_size = (x1 - x0, y1 - y0)
-    warp_flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped_face = cv2.warpAffine(
-        face * 255.0, region_matrix, region_size, flags=warp_flags, borderMode=cv2.BORDER_REPLICATE
-    )
-    warped_mask = cv2.warpAffine(
-        mask, region_matrix, region_size, flags=warp_flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
-    )
+    warped_face = cv2.warpAffine(face * 255.0, region_matrix, region_size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REPLICATE)
+    warped_mask = cv2.warpAffine(mask, region_matrix, region_size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
     frame_region = output[y0:y1, x0:x1].astype(np.float32)
-    blended = blend(frame_region, warped_face, np.clip(warped_mask, 0.0, 1.0)[..., None])
+    blended = recipe.blend(frame_region, warped_face, np.clip(warped_mask, 0.0, 1.0)[..., None])
     output[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    logger.debug("composited face into frame box %s with %s colour transfer", box, color_transfer)
+    logger.debug("composited face into frame box %s (%s, %s)", box, options.blend_mode, options.color_transfer)
     return output

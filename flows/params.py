@@ -20,7 +20,7 @@ from tasks.curate import CurateOptions
 from tasks.extract import FaceOptions, SideOptions
 from tasks.mask_table import MaskOptions
 from tasks.merge import MergeOptions
-from tasks.train import StageOptions
+from tasks.train_options import RuntimeOptions, StageOptions
 
 Side = Literal["src", "dst"]
 SIDES: tuple[Side, ...] = ("src", "dst")
@@ -84,7 +84,17 @@ class InitFrom(Section):
 class TrainParams(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     init_from: InitFrom | None = None  # start from a trained model (the "reuse my model" workflow); None = fresh weights
+    pretrain_faceset: str | None = None  # folder holding the faces.lance that stages with pretrain: true train on
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)  # how training runs here; not a DVC param
     stages: dict[str, StageOptions]
+
+    @model_validator(mode="after")
+    def check_pretrain_faceset(self) -> TrainParams:
+        pretraining = [name for name, options in self.stages.items() if options.pretrain]
+        if pretraining and self.pretrain_faceset is None:
+            raise ValueError(f"train stage {pretraining[0]} has pretrain: true but train.pretrain_faceset is not set; "
+                             "set it to a folder holding a faces.lance of many people's faces, or set pretrain: false")
+        return self
 
     @field_validator("stages")
     @classmethod

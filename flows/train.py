@@ -1,14 +1,22 @@
 """train@<name>: one stage of the training chain.
 
-Each training stage starts from the checkpoint of the stage before it (``init`` for the first). Its
-run keeps periodic checkpoints in .faceflow/runs/<stage>/, outside DVC's outputs (which DVC deletes
-before running a stage), tagged with the run's lineage: the start checkpoint, the model config, the
-stage options but ``iterations`` (and the logging/saving intervals), the faces and the training code.
-A killed run started again resumes there, and a stage whose only change is more iterations continues
-from where its last run stopped instead of starting over: that is how scheduled "train some more"
-runs work. The directory is kept after the stage finishes (its newest checkpoint is the finished
-run, at most two are kept); a run with another lineage replaces its contents, and deleting it only
-costs the ability to resume.
+Each training stage starts from the checkpoint of the stage before it (``init`` for the first) and
+reads its faces through faceset readers: the curated selections of data/src and data/dst, re-framed
+to the model's face type, minus a fixed 5 % of each side held out to score the model
+(``tasks.holdout``). A stage with ``pretrain: true`` trains both sides on the generic faceset of
+``train.pretrain_faceset`` instead (its masks.lance, or landmark hull masks when it has none).
+
+Its run keeps periodic checkpoints in .faceflow/runs/<stage>/, outside DVC's outputs (which DVC
+deletes before running a stage), tagged with the run's lineage: the start checkpoint, the model
+config, the stage options but ``iterations`` (and the logging/saving intervals), the faces and the
+training code. A killed run started again resumes there, and a stage whose only change is more
+iterations continues from where its last run stopped instead of starting over: that is how
+scheduled "train some more" runs work. The directory is kept after the stage finishes (its newest
+checkpoint is the finished run, at most two are kept); a run with another lineage replaces its
+contents, and deleting it only costs the ability to resume.
+
+Writes checkpoints/<stage> (model, optimizer, discriminators, preview.png), logs/<stage>
+(TensorBoard, previews/), metrics/train/<stage>.json and the loss curve metrics/train/<stage>/losses.tsv.
 """
 
 from __future__ import annotations
@@ -17,36 +25,86 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.params import ParamsError, load_params
+from flows.params import ParamsError, TrainParams, load_params
 from flows.progress import progress_enabled
-from flows.stages import checkpoint_dir, faces_table, masks_table, selection_file, write_metrics
+from flows.stages import (
+    checkpoint_dir,
+    faces_table,
+    loss_history_file,
+    masks_table,
+    metrics_file,
+    selection_file,
+    write_loss_history,
+    write_metrics,
+)
 from model.checkpoint import read_manifest
+from tasks.faceset import open_faces
+from tasks.faceset_reader import LanceFaceset
+from tasks.holdout import split_holdout
 from tasks.selection import Selection
-from tasks.train import EmptyFacesetError, TrainingData, train_stage
-from tasks.training_data import load_side
+from tasks.train import EmptyFacesetError, Readers, train_stage
 
 RUNS_DIR = Path(".faceflow") / "runs"
+FACES_TABLE = "faces.lance"
+MASKS_TABLE = "masks.lance"
+EMPTY_HINTS = {
+    "src": "Add videos or photos of the source person with a clearly visible face to data/raw/src, or loosen "
+           "curate.src in params.yaml, then run again.",
+    "dst": "Use a destination video in which the face is visible, or lower extract.dst.min_face_size / raise "
+           "extract.dst.upsample, or loosen curate.dst in params.yaml, then run again.",
+}
 
 
-def load_training_data(root: Path, resolution: int) -> TrainingData:
-    """Both sides' faces and masks; an empty side is an error that says what to do."""
-    src_faces, src_masks = load_side(root / faces_table("src"), root / masks_table("src"), root / selection_file("src"), resolution)
-    dst_faces, dst_masks = load_side(root / faces_table("dst"), root / masks_table("dst"), root / selection_file("dst"), resolution)
-    if len(src_faces) == 0:
-        rejected = len(Selection.load(root / selection_file("src")).rejected)
-        raise EmptyFacesetError(
-            "src",
-            f"{faces_table('src')} has no usable faces ({rejected} left out by curate). Add videos or photos of the "
-            "source person with a clearly visible face to data/raw/src, or loosen curate.src in params.yaml, then run again.",
-        )
-    if len(dst_faces) == 0:
-        raise EmptyFacesetError(
-            "dst",
-            f"{faces_table('dst')} has no usable faces ({len(Selection.load(root / selection_file('dst')).rejected)} left out "
-            "by curate). Use a destination video in which the face is visible, or lower extract.dst.min_face_size / "
-            "raise extract.dst.upsample, or loosen curate.dst in params.yaml, then run again.",
-        )
-    return TrainingData(src_faces, src_masks, dst_faces, dst_masks)
+def split_reader(faces: Path, masks: Path | None, face_ids: list[str],
+                 train: TrainParams) -> tuple[LanceFaceset, LanceFaceset | None]:
+    """Readers of the training faces and of the held-out ones (None when none is held out)."""
+    train_ids, held_ids = split_holdout(face_ids)
+    config = train.model
+
+    def reader(ids: list[str]) -> LanceFaceset:
+        return LanceFaceset(faces, masks, ids, config.resolution, config.face_type)
+
+    return reader(train_ids), (reader(held_ids) if held_ids else None)
+
+
+def open_side_readers(root: Path, train: TrainParams) -> tuple[Readers, Readers]:
+    """The src and dst training and held-out readers; an empty side is an error that says what to do."""
+    readers, holdout = {}, {}
+    for side in ("src", "dst"):
+        face_ids = list(LanceFaceset.from_selection(root / faces_table(side), root / masks_table(side),
+                                                    root / selection_file(side), train.model.resolution).face_ids)
+        if not face_ids:
+            rejected = len(Selection.load(root / selection_file(side)).rejected)
+            raise EmptyFacesetError(side, f"{faces_table(side)} has no usable faces ({rejected} left out by curate). "
+                                          f"{EMPTY_HINTS[side]}")
+        readers[side], held = split_reader(root / faces_table(side), root / masks_table(side), face_ids, train)
+        if held is not None:
+            holdout[side] = held
+    return readers, holdout
+
+
+def open_pretrain_readers(root: Path, train: TrainParams, stage: str) -> tuple[Readers, Readers]:
+    """The generic faceset of train.pretrain_faceset for both sides, and its held-out faces.
+
+    Raises:
+        ParamsError: train.pretrain_faceset is not set or holds no faces.lance.
+    """
+    if train.pretrain_faceset is None:
+        raise ParamsError(f"train stage {stage} has pretrain: true but train.pretrain_faceset is not set in params.yaml; "
+                          f"set it to a folder holding a {FACES_TABLE} of many people's faces made by faceflow's "
+                          "extraction (tasks.extract.extract_folder on a folder of photos or videos), or set "
+                          f"train.stages.{stage}.pretrain: false")
+    folder = (root / train.pretrain_faceset).resolve()
+    faces = folder / FACES_TABLE
+    if not faces.is_dir():
+        raise ParamsError(f"train.pretrain_faceset {train.pretrain_faceset}: {faces} not found; point it at a folder "
+                          f"holding a {FACES_TABLE} made by faceflow's extraction (tasks.extract.extract_folder)")
+    masks = folder / MASKS_TABLE if (folder / MASKS_TABLE).is_dir() else None  # None: landmark hull masks
+    face_ids = open_faces(faces).to_table(columns=["face_id"])["face_id"].to_pylist()
+    if not face_ids:
+        raise EmptyFacesetError("src", f"the pretraining faceset {faces} has no faces; extract faces into it first")
+    reader, held = split_reader(faces, masks, face_ids, train)
+    return {"src": reader, "dst": reader}, ({"src": held, "dst": held} if held is not None else {})
 
 
 @flow(name="train", log_prints=True)
@@ -59,15 +117,22 @@ def train_flow(stage: str, root: Path | None = None) -> dict:
         raise ParamsError(f"train stage {stage!r} is not in params.yaml train.stages ({', '.join(train.stages)}); "
                           "run `faceflow sync` after editing the stages")
     options, config, previous = train.stages[stage], train.model, train.previous_stage(stage)
-    data = load_training_data(root, config.resolution)
-    logger.info("read %d src and %d dst faces; starting from %s", len(data.src_faces), len(data.dst_faces), checkpoint_dir(previous))
+    if options.pretrain:
+        readers, holdout = open_pretrain_readers(root, train, stage)
+    else:
+        readers, holdout = open_side_readers(root, train)
+    logger.info("training on %d src and %d dst faces (%s), %d and %d held out; starting from %s", len(readers["src"]),
+                len(readers["dst"]), config.face_type, len(holdout.get("src", ())), len(holdout.get("dst", ())),
+                checkpoint_dir(previous))
 
     output, logs = root / checkpoint_dir(stage), root / "logs" / stage
-    result = train_stage(data, config, options, stage, output, logs, init_checkpoint=root / checkpoint_dir(previous),
-                         progress=progress_enabled(), work_dir=root / RUNS_DIR / stage)
+    result = train_stage(readers, config, options, stage, output, logs, init_checkpoint=root / checkpoint_dir(previous),
+                         progress=progress_enabled(), work_dir=root / RUNS_DIR / stage, holdout=holdout,
+                         runtime=train.runtime)
     metrics = {**result.metrics, "iterations": result.iterations}
-    metrics_path = root / "metrics" / "train" / f"{stage}.json"
-    write_metrics(metrics_path, metrics)
+    write_metrics(root / metrics_file(stage), metrics)
+    write_loss_history(root / loss_history_file(stage), result.loss_history)
     state = read_manifest(output)["state"]
-    logger.info("wrote %s (model iteration %s), %s and %s", output, state.get("iteration"), logs, metrics_path)
+    logger.info("wrote %s (model iteration %s), %s, %s and %s", output, state.get("iteration"), logs,
+                metrics_file(stage), loss_history_file(stage))
     return metrics

@@ -4,8 +4,12 @@ A checkpoint directory holds:
     model.safetensors      the model's state_dict
     optimizer.safetensors  the optimizer's per-parameter tensors, as "state.<index>.<name>" (optional)
     training.safetensors   other tensors a resumed run needs, e.g. the torch RNG state (optional)
+    <name>.safetensors     the state_dict of a network trained beside the model, e.g. a GAN
+                           discriminator (optional, one per network)
+    <name>.optimizer.safetensors   that network's optimizer tensors (optional)
     checkpoint.json        format version, model config, training state, optimizer param groups and
-                           non-tensor per-parameter values, and the sha256 and size of each safetensors file
+                           non-tensor per-parameter values (the model's and each network's), and the
+                           sha256 and size of each safetensors file
 
 Every file is written to a temporary name in the same directory, fsynced and renamed over the old one;
 checkpoint.json goes last, so a checkpoint interrupted while saving fails its checksum on load instead
@@ -18,7 +22,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +43,37 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINING_FILE = "training.safetensors"
 MANIFEST_FILE = "checkpoint.json"
+NETWORK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_NETWORK_NAMES = frozenset({"model", "optimizer", "training"})  # the names of the fixed files
 
 
 class CheckpointError(Exception):
     """A checkpoint is missing, corrupt or incompatible; the message names the file and the remedy."""
+
+
+@dataclass
+class NetworkState:
+    """A network trained beside the model (e.g. a discriminator), as saved in a checkpoint.
+
+    Attributes:
+        weights: Its state_dict.
+        optimizer_state: Its optimizer's ``state_dict()``, or None when it has none.
+    """
+
+    weights: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None = None
+
+
+def network_files(name: str) -> tuple[str, str]:
+    """The weights file and the optimizer file of the network ``name``."""
+    return f"{name}.safetensors", f"{name}.optimizer.safetensors"
+
+
+def check_network_name(name: str) -> None:
+    """Raise CheckpointError unless ``name`` can name a network's files."""
+    if not NETWORK_NAME.match(name) or name in RESERVED_NETWORK_NAMES:
+        raise CheckpointError(f"network name {name!r} must be lowercase letters, digits and _ (starting with a "
+                              f"letter) and not one of {sorted(RESERVED_NETWORK_NAMES)}")
 
 
 @dataclass
@@ -53,6 +86,8 @@ class Checkpoint:
         state: The training state, e.g. {"iteration": int, "stage": str, ...}.
         optimizer_state: An ``optimizer.state_dict()``-shaped dict, or None when none was saved.
         training_tensors: Name -> CPU tensor saved beside the training state (empty when none was saved).
+        networks: Name -> the networks trained beside the model (empty when none was saved); their
+            weights on the load device, their optimizer tensors on the CPU.
     """
 
     model: SwapAutoencoder
@@ -60,6 +95,7 @@ class Checkpoint:
     state: dict[str, Any]
     optimizer_state: dict[str, Any] | None
     training_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    networks: dict[str, NetworkState] = field(default_factory=dict)
 
 
 def write_atomically(path: Path, payload: bytes) -> None:
@@ -131,6 +167,7 @@ def save_checkpoint(
     state: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
     training_tensors: dict[str, torch.Tensor] | None = None,
+    networks: Mapping[str, NetworkState] | None = None,
 ) -> Path:
     """Save a model (and optionally its optimizer) as a checkpoint directory.
 
@@ -141,15 +178,18 @@ def save_checkpoint(
         state: JSON-able training state, e.g. {"iteration": 1000, "stage": "warmup"}.
         optimizer: Saved too when given, so training can resume with its moments.
         training_tensors: Other tensors a resumed run needs (e.g. the torch RNG state), saved when given.
+        networks: Name -> networks trained beside the model (see ``NetworkState``), saved when given;
+            a name is lowercase letters, digits and _.
 
     Returns:
         The path of checkpoint.json.
 
     Raises:
-        CheckpointError: ``state`` or the optimizer's settings are not JSON-able.
+        CheckpointError: ``state`` or an optimizer's settings are not JSON-able, or a network name is invalid.
     """
     optimizer_state = optimizer.state_dict() if optimizer is not None else None
-    return save_checkpoint_state(directory, model.state_dict(), config, state, optimizer_state, training_tensors)
+    return save_checkpoint_state(directory, model.state_dict(), config, state, optimizer_state, training_tensors,
+                                 networks)
 
 
 def save_checkpoint_state(
@@ -159,52 +199,71 @@ def save_checkpoint_state(
     state: dict[str, Any],
     optimizer_state: dict[str, Any] | None = None,
     training_tensors: dict[str, torch.Tensor] | None = None,
+    networks: Mapping[str, NetworkState] | None = None,
 ) -> Path:
     """Save state dicts as a checkpoint directory (``save_checkpoint`` for copies taken earlier).
 
     Args:
-        directory: Where to write; created if missing. Existing checkpoint files are replaced.
+        directory: Where to write; created if missing. Existing checkpoint files are replaced, and
+            safetensors files of an earlier save that this one does not write are removed.
         model_state: A ``model.state_dict()`` of the model ``config`` describes.
         config: The model's hyperparameters.
         state: JSON-able training state.
         optimizer_state: An ``optimizer.state_dict()``, saved when given.
         training_tensors: Other tensors a resumed run needs, saved when given.
+        networks: Name -> networks trained beside the model, saved when given.
 
     Returns:
         The path of checkpoint.json.
 
     Raises:
-        CheckpointError: ``state`` or the optimizer's settings are not JSON-able.
+        CheckpointError: ``state`` or an optimizer's settings are not JSON-able, or a network name is invalid.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "state": state,
                                 "files": {}}
-    tensor_files = {MODEL_FILE: {name: value.detach().contiguous().cpu() for name, value in model_state.items()}}
+    tensor_files = {MODEL_FILE: detach_tensors(model_state)}
     if optimizer_state is not None:
         optimizer_tensors, manifest["optimizer"] = split_optimizer_state(optimizer_state)
         tensor_files[OPTIMIZER_FILE] = optimizer_tensors
     if training_tensors is not None:
-        tensor_files[TRAINING_FILE] = {name: value.detach().contiguous().cpu() for name, value in training_tensors.items()}
+        tensor_files[TRAINING_FILE] = detach_tensors(training_tensors)
+    if networks:
+        manifest["networks"] = {}
+        for name, network in networks.items():
+            check_network_name(name)
+            weights_file, optimizer_file = network_files(name)
+            tensor_files[weights_file] = detach_tensors(network.weights)
+            optimizer_settings = None
+            if network.optimizer_state is not None:
+                tensor_files[optimizer_file], optimizer_settings = split_optimizer_state(network.optimizer_state)
+            manifest["networks"][name] = {"optimizer": optimizer_settings}
     try:
         manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()  # fail before writing anything
     except TypeError as error:
         raise CheckpointError(f"cannot save checkpoint in {directory}: state is not JSON-able ({error}); "
                               "pass only numbers, strings, lists and dicts") from error
+    directory.mkdir(parents=True, exist_ok=True)
     for name, tensors in tensor_files.items():
         payload = save_safetensors(tensors, metadata={"format_version": str(FORMAT_VERSION)})
         write_atomically(directory / name, payload)
         manifest["files"][name] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
-    for name in (OPTIMIZER_FILE, TRAINING_FILE):
-        if name not in tensor_files:
-            # A stale file from an earlier save must not be mistaken for this model's.
-            (directory / name).unlink(missing_ok=True)
+    for stale in directory.glob("*.safetensors"):
+        if stale.name not in tensor_files:
+            # A file from an earlier save (e.g. a discriminator this stage no longer trains) must not
+            # be mistaken for this checkpoint's.
+            stale.unlink()
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     manifest_path = directory / MANIFEST_FILE
     write_atomically(manifest_path, manifest_bytes)
     sync_directory(directory)
     logger.info("saved checkpoint %s (iteration %s)", directory, state.get("iteration"))
     return manifest_path
+
+
+def detach_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of ``tensors`` that safetensors can write."""
+    return {name: value.detach().contiguous().cpu() for name, value in tensors.items()}
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -300,6 +359,24 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> Checkpoint:
     training_tensors = {}
     if TRAINING_FILE in files:
         training_tensors = read_verified_tensors(directory, TRAINING_FILE, files[TRAINING_FILE], "cpu")
+    networks = {name: load_network(directory, manifest, name, device) for name in manifest.get("networks", {})}
     logger.info("loaded checkpoint %s (iteration %s)", directory, manifest["state"].get("iteration"))
     return Checkpoint(model=model, config=config, state=manifest["state"], optimizer_state=optimizer_state,
-                      training_tensors=training_tensors)
+                      training_tensors=training_tensors, networks=networks)
+
+
+def load_network(directory: Path, manifest: dict[str, Any], name: str, device: str) -> NetworkState:
+    """Read one network listed in a checkpoint's manifest, its files checked against their checksums."""
+    weights_file, optimizer_file = network_files(name)
+    files = manifest["files"]
+    for needed in [weights_file] + ([optimizer_file] if manifest["networks"][name].get("optimizer") else []):
+        if needed not in files:
+            raise CheckpointError(f"{Path(directory) / MANIFEST_FILE} lists the network {name!r} but no {needed}; "
+                                  "the checkpoint is inconsistent: re-run training")
+    weights = read_verified_tensors(directory, weights_file, files[weights_file], device)
+    optimizer_state = None
+    settings = manifest["networks"][name].get("optimizer")
+    if settings is not None:
+        tensors = read_verified_tensors(directory, optimizer_file, files[optimizer_file], "cpu")
+        optimizer_state = join_optimizer_state(tensors, settings)
+    return NetworkState(weights=weights, optimizer_state=optimizer_state)

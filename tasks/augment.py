@@ -17,7 +17,8 @@ DeepFaceLab SAEHD's optional sample options (it applies the colour ones to src s
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -276,6 +277,77 @@ def recolour_face(face: np.ndarray, mask: np.ndarray, reference: np.ndarray, ref
     return np.round(transfer_color(kind, face, reference, shared) * 255.0).astype(np.uint8)
 
 
+class AugmentedSample(NamedTuple):
+    """One face after augmentation (see ``augment_sample``); uint8 arrays at the face's size R.
+
+    Attributes:
+        input: (R, R, 3) what the network sees: transformed, warped, HSV-shifted.
+        target: (R, R, 3) what it must paint: transformed (background blurred with blur-out).
+        target_mask: (R, R) the face mask, transformed like the target.
+        extra_masks: Further (R, R) masks (e.g. eyes/mouth priority), transformed like the target.
+    """
+
+    input: np.ndarray
+    target: np.ndarray
+    target_mask: np.ndarray
+    extra_masks: tuple[np.ndarray, ...]
+
+
+def augment_sample(
+    face: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    allow_flip: bool = True,
+    warp: bool = True,
+    hsv_power: float = 0.0,
+    color_transfer: ColorTransfer | None = None,
+    color_reference: np.ndarray | None = None,
+    color_reference_mask: np.ndarray | None = None,
+    blur_outside_mask: bool = False,
+    extra_masks: Sequence[np.ndarray] = (),
+) -> AugmentedSample:
+    """Augment one face: what ``sample_batch`` does to each face it draws, in the same order of draws.
+
+    Optional colour transfer (on the raw face), the random transform (face, mask and extra masks),
+    optional blur-out of the target's background, the random warp (input only), optional HSV shift
+    (input only).
+
+    Args:
+        face: (R, R, 3) uint8 BGR.
+        mask: (R, R) uint8.
+        rng: The generator; equal seeds give equal samples.
+        allow_flip: Let the random transform flip the face horizontally.
+        warp: Randomly warp the input.
+        hsv_power: ``random_hsv`` power for the input; 0 for none.
+        color_transfer: Recolour the face to ``color_reference``'s colours with this tasks.color
+            method; None or "none" for no transfer.
+        color_reference: (R, R, 3) uint8 face to take colours from; needed with a colour transfer.
+        color_reference_mask: Optional (R, R) uint8 mask of the reference face (see ``recolour_face``).
+        blur_outside_mask: Blur the target's background (``blur_out_mask``).
+        extra_masks: (R, R) masks to transform like the face mask.
+
+    Returns:
+        The augmented sample.
+
+    Raises:
+        ValueError: A colour transfer without a reference face.
+    """
+    size = face.shape[0]
+    if color_transfer not in (None, "none"):
+        if color_reference is None:
+            raise ValueError(f"color_transfer {color_transfer!r} needs a reference face to take colours from")
+        face = recolour_face(face, mask, color_reference, color_reference_mask, color_transfer)
+    params = random_transform_params(rng, size, allow_flip=allow_flip)
+    transformed = apply_transform(face, params, size)
+    target_mask = apply_transform(mask, params, size)
+    extras = tuple(apply_transform(extra, params, size) for extra in extra_masks)
+    target = blur_out_mask(transformed, target_mask) if blur_outside_mask else transformed
+    network_input = random_warp(transformed, rng) if warp else transformed
+    if hsv_power > 0:
+        network_input = random_hsv(network_input, rng, hsv_power)
+    return AugmentedSample(network_input, target, target_mask, extras)
+
+
 def sample_batch(
     faces: np.ndarray,
     masks: np.ndarray,
@@ -290,28 +362,22 @@ def sample_batch(
     color_reference_masks: np.ndarray | None = None,
     blur_outside_mask: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw a training batch with replacement and augment it.
+    """Draw a training batch with replacement and augment each face (see ``augment_sample``).
 
-    Per face: optional colour transfer (on the raw face), the random transform (face and mask),
-    optional blur-out of the target's background, the random warp (input only), optional HSV
-    shift (input only). With every option at its default the draws are those of the plain batch.
+    With every option at its default the draws are those of the plain batch.
 
     Args:
         faces: (N, R, R, 3) uint8 faces at the model resolution.
         masks: (N, R, R) uint8 masks.
         rng: The generator; equal seeds give equal batches.
         batch_size: Faces to draw.
-        allow_flip: Let the random transform flip faces horizontally.
-        warp: Randomly warp the inputs.
+        allow_flip, warp, hsv_power, blur_outside_mask: As ``augment_sample``.
         weights: Optional (N,) sampling weights (e.g. ``yaw_balanced_weights``); uniform when None.
-        hsv_power: ``random_hsv`` power for the inputs; 0 for none.
-        color_transfer: Recolour each face (input and target) to a random reference face's colours
-            with this tasks.color method; None or "none" for no transfer.
+        color_transfer: Recolour each face to a random reference face's colours (see ``augment_sample``).
         color_reference: (M, R, R, 3) uint8 faces to take colours from (the dst faces); needed
             with a colour transfer.
         color_reference_masks: Optional (M, R, R) uint8 masks of the reference faces; with them the
             colours are measured where the two faces' masks overlap, else over the whole crops.
-        blur_outside_mask: Blur the targets' background (``blur_out_mask``).
 
     Returns:
         inputs (B, R, R, 3), targets (B, R, R, 3) and target masks (B, R, R); all uint8.
@@ -319,7 +385,6 @@ def sample_batch(
     Raises:
         ValueError: Bad weights, or a colour transfer without reference faces.
     """
-    size = faces.shape[1]
     transfer = color_transfer not in (None, "none")
     if transfer and (color_reference is None or len(color_reference) == 0):
         raise ValueError(f"color_transfer {color_transfer!r} needs color_reference faces to take colours from; "
@@ -328,18 +393,15 @@ def sample_batch(
         indices = rng.integers(0, len(faces), size=batch_size)
     else:
         indices = rng.choice(len(faces), size=batch_size, p=check_probabilities(weights, len(faces)))
-    inputs, targets, target_masks = [], [], []
+    samples = []
     for index in indices:
-        face, mask = faces[index], masks[index]
+        reference = reference_mask = None
         if transfer:
-            reference = int(rng.integers(0, len(color_reference)))
-            reference_mask = None if color_reference_masks is None else color_reference_masks[reference]
-            face = recolour_face(face, mask, color_reference[reference], reference_mask, color_transfer)
-        params = random_transform_params(rng, size, allow_flip=allow_flip)
-        transformed = apply_transform(face, params, size)
-        target_mask = apply_transform(mask, params, size)
-        targets.append(blur_out_mask(transformed, target_mask) if blur_outside_mask else transformed)
-        target_masks.append(target_mask)
-        network_input = random_warp(transformed, rng) if warp else transformed
-        inputs.append(random_hsv(network_input, rng, hsv_power) if hsv_power > 0 else network_input)
-    return np.stack(inputs), np.stack(targets), np.stack(target_masks)
+            position = int(rng.integers(0, len(color_reference)))
+            reference = color_reference[position]
+            reference_mask = None if color_reference_masks is None else color_reference_masks[position]
+        samples.append(augment_sample(faces[index], masks[index], rng, allow_flip, warp, hsv_power,
+                                      color_transfer if transfer else None, reference, reference_mask,
+                                      blur_outside_mask))
+    return (np.stack([sample.input for sample in samples]), np.stack([sample.target for sample in samples]),
+            np.stack([sample.target_mask for sample in samples]))

@@ -9,10 +9,11 @@ on; after ``MAX_CONSECUTIVE_ROLLBACKS`` rollbacks without an accepted loss in be
 The guard judges each step's total loss against an exponential moving average of the accepted ones.
 Rejected losses never enter the average, so one spike does not raise the bar for the next.
 
-The rollback targets are ``Snapshot``s: CPU copies of the model, optimizer, RNG and run state that the
-trainer takes at each periodic save (``save_every``) and trusts once the following step's loss is
-accepted, since a step can wreck the weights without its own loss showing it. The same copies are
-what the work dir's checkpoints are written from.
+The rollback targets are ``Snapshot``s: CPU copies of the model, optimizer, the networks trained
+beside it (discriminators, each with its optimizer), RNG and run state that the trainer takes at
+each periodic save (``save_every``) and trusts once the following step's loss is accepted, since a
+step can wreck the weights without its own loss showing it. The same copies are what the work
+dir's checkpoints are written from.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+
+from model.checkpoint import NetworkState
 
 if TYPE_CHECKING:  # annotations only: run_state imports this module
     from tasks.run_state import RunProgress
@@ -36,6 +40,9 @@ AVERAGE_WEIGHT = 0.95  # weight of the past in the running average (about the la
 WARMUP = 20  # accepted losses before the spike test starts: a stage's first steps may move the loss a lot
 BACKOFF = 0.5  # learning rate multiplier after each rollback
 MAX_CONSECUTIVE_ROLLBACKS = 4  # rollbacks in a row before training gives up
+
+# name -> (network, its optimizer): the networks trained beside the model, e.g. discriminators.
+Networks = Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]]
 
 
 class TrainingCollapseError(RuntimeError):
@@ -106,29 +113,47 @@ class Snapshot:
         optimizer_state: The optimizer's state_dict.
         run: The JSON-able run state (see ``tasks.run_state.RunProgress``).
         rng_tensors: "torch_rng" (and "cuda_rng.<device>") uint8 RNG states.
+        networks: Name -> the weights and optimizer state of each network trained beside the model.
     """
 
     model_state: dict[str, Tensor]
     optimizer_state: dict[str, Any]
     run: dict[str, Any]
     rng_tensors: dict[str, Tensor]
+    networks: dict[str, NetworkState] = field(default_factory=dict)
 
 
-def capture_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: dict[str, Any]) -> Snapshot:
-    """Copy the model, optimizer, run state and RNG state (state_dicts hold references: clone them)."""
-    model_state = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+def copy_weights(module: torch.nn.Module) -> dict[str, Tensor]:
+    """A CPU copy of a module's state_dict (a state_dict holds references to the live tensors)."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in module.state_dict().items()}
+
+
+def copy_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A deep copy of an optimizer's state_dict with its tensors on the CPU."""
     optimizer_state = copy.deepcopy(optimizer.state_dict())
     for values in optimizer_state["state"].values():
         for name, value in values.items():
             if isinstance(value, Tensor):
                 values[name] = value.to("cpu")
-    return Snapshot(model_state, optimizer_state, copy.deepcopy(run), capture_rng())
+    return optimizer_state
 
 
-def restore_weights(snapshot: Snapshot, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load the snapshot's model and optimizer state (copies: the snapshot stays usable)."""
+def capture_snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: dict[str, Any],
+                     networks: Networks | None = None) -> Snapshot:
+    """Copy the model, optimizer, networks, run state and RNG state."""
+    copies = {name: NetworkState(copy_weights(network), copy_optimizer_state(network_optimizer))
+              for name, (network, network_optimizer) in (networks or {}).items()}
+    return Snapshot(copy_weights(model), copy_optimizer_state(optimizer), copy.deepcopy(run), capture_rng(), copies)
+
+
+def restore_weights(snapshot: Snapshot, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    networks: Networks | None = None) -> None:
+    """Load the snapshot's model, optimizer and network states (copies: the snapshot stays usable)."""
     model.load_state_dict(snapshot.model_state)
     optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer_state))
+    for name, (network, network_optimizer) in (networks or {}).items():
+        network.load_state_dict(snapshot.networks[name].weights)
+        network_optimizer.load_state_dict(copy.deepcopy(snapshot.networks[name].optimizer_state))
 
 
 def capture_rng() -> dict[str, Tensor]:
@@ -164,8 +189,10 @@ def roll_back(
     loss: float,
     stage_name: str,
     writer: SummaryWriter,
+    networks: Networks | None = None,
 ) -> None:
-    """Return to the last good copy with a lower learning rate, and record the event everywhere.
+    """Return to the last good copy with a lower learning rate (for the networks' optimizers too), and
+    record the event everywhere.
 
     Raises:
         TrainingCollapseError: The guard's limit of rollbacks in a row is reached.
@@ -177,11 +204,12 @@ def roll_back(
             f"lower train.stages.{stage_name}.learning_rate in params.yaml, look for broken crops among the "
             "training faces, or set collapse_factor: 0 if the loss is meant to jump")
     run.guard.count_rollback()
-    restore_weights(good, model, optimizer)
+    restore_weights(good, model, optimizer, networks)
     run.guard.restore_average(good.run["guard"])
     run.smoothed = dict(good.run["smoothed"])
     run.learning_rate *= BACKOFF
-    set_learning_rate(optimizer, run.learning_rate)
+    for each in [optimizer, *(network_optimizer for _, network_optimizer in (networks or {}).values())]:
+        set_learning_rate(each, run.learning_rate)
     restored = good.run["start_iteration"] + good.run["stage_iteration"]
     run.collapse_events.append({"iteration": run.iteration, "reason": reason,
                                 "loss": loss if math.isfinite(loss) else None,

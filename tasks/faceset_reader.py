@@ -8,12 +8,18 @@ tables on demand, so a worker process only ever decodes the faces of its own bat
 ``LanceFaceset`` opens its tables lazily, in the process that first uses it, and pickles as its paths
 and face ids only: each spawned loader worker opens its own handles (Lance is not fork-safe).
 When the model's face type differs from the table's, each crop is re-framed from the stored one
-(see ``LanceFaceset``) instead of re-extracting.
+(see ``LanceFaceset``) instead of re-extracting. A faces table without a masks table (e.g. a
+generic faceset for pretraining) gets landmark hull masks.
+
+Each reader has a ``fingerprint``: a hash that changes when the faces it serves change, which the
+trainer puts in a run's lineage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,12 +32,14 @@ import numpy as np
 
 from tasks.align import FaceType, compute_alignment, invert_matrix, transform_points, warp_to_crop
 from tasks.faceset import FacesetError, decode_png, open_faces, open_masks
+from tasks.masks import hull_mask
 from tasks.selection import Selection
 
 logger = logging.getLogger(__name__)
 
 LANDMARK_COUNT = 68
 REFRAME_TOLERANCE = 1.0  # stored-crop pixels a re-framed crop may reach past the stored crop's edge
+CACHE_BYTES = 512 * 2**20  # decoded faces a LanceFaceset keeps per process (a 64 px face and mask: 16 KiB)
 
 
 class FacesetReader(ABC):
@@ -40,8 +48,8 @@ class FacesetReader(ABC):
     Implementations: ``ArrayFaceset`` (arrays in memory) and ``LanceFaceset`` (faceset tables).
     A reader that is sent to a spawned worker process must pickle cheaply (no open handles).
 
-    Hooks: ``__len__``, ``resolution``, ``yaw``, ``landmarks`` and ``read``; ``read_many`` loops over
-    ``read`` and may be overridden with a faster batched read.
+    Hooks: ``__len__``, ``resolution``, ``yaw``, ``landmarks``, ``read`` and ``fingerprint``;
+    ``read_many`` loops over ``read`` and may be overridden with a faster batched read.
     """
 
     @abstractmethod
@@ -66,6 +74,10 @@ class FacesetReader(ABC):
     @abstractmethod
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Face ``index`` (0 <= index < N): (S, S, 3) uint8 BGR face and (S, S) uint8 mask."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A hex sha256 that changes whenever the faces, masks or metadata served would change."""
 
     def read_many(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Faces at ``indices`` (repeats allowed): (K, S, S, 3) uint8 faces and (K, S, S) uint8 masks."""
@@ -121,6 +133,16 @@ class ArrayFaceset(FacesetReader):
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.faces[index], self.masks[index]
 
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(type(self).__name__.encode())
+        for array in (self.faces, self.masks, self._yaw, self._landmarks):
+            if array is not None:
+                digest.update(f"{array.dtype}{array.shape}".encode())
+                digest.update(np.ascontiguousarray(array).data)
+            else:
+                digest.update(b"none")
+        return digest.hexdigest()
+
     def read_many(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         positions = np.asarray(indices, np.int64)
         return self.faces[positions], self.masks[positions]
@@ -131,8 +153,9 @@ class OpenTables:
     """A LanceFaceset's handles and per-face geometry, built on first use in each process.
 
     Attributes:
-        faces, masks: The open tables.
-        face_positions, mask_positions: (N,) row positions of each face in the two tables.
+        faces, masks: The open tables (masks None: hull masks from the landmarks).
+        face_positions, mask_positions: (N,) row positions of each face in the two tables (mask
+            positions None without a masks table).
         warps: (N, 2, 3) stored crop -> output crop matrices of the re-framed faces.
         reframed: (N,) bool, whether a face is re-framed (else it is resized).
         yaw: (N,) degrees.
@@ -140,9 +163,9 @@ class OpenTables:
     """
 
     faces: lance.LanceDataset
-    masks: lance.LanceDataset
+    masks: lance.LanceDataset | None
     face_positions: np.ndarray
-    mask_positions: np.ndarray
+    mask_positions: np.ndarray | None
     warps: np.ndarray
     reframed: np.ndarray
     yaw: np.ndarray
@@ -161,10 +184,14 @@ class LanceFaceset(FacesetReader):
 
     Args:
         faces_path: The faces table (tasks.faceset.FACES_SCHEMA).
-        masks_path: Its masks table (tasks.faceset.MASKS_SCHEMA), one mask per face id.
+        masks_path: Its masks table (tasks.faceset.MASKS_SCHEMA), one mask per face id; None draws
+            each face's mask as the convex hull of its landmarks (tasks.masks.hull_mask), as the
+            mask stage's "hull" kind does.
         face_ids: The faces to serve, in this order; None serves every face in table order.
         resolution: Side S of the returned faces and masks.
         face_type: The framing the model trains on; None keeps each row's stored framing.
+        cache_bytes: Faces decoded and framed once are kept in memory, up to this many bytes per
+            process (a training run reads each face many times); 0 keeps none.
 
     Raises:
         ValueError: ``resolution`` < 1 or an unknown ``face_type`` (at once); on first use, a face
@@ -172,20 +199,23 @@ class LanceFaceset(FacesetReader):
         FacesetError: On first use, a table is missing or malformed, or lacks a wanted face id.
     """
 
-    def __init__(self, faces_path: Path, masks_path: Path, face_ids: Sequence[str] | None, resolution: int,
-                 face_type: FaceType | None = None) -> None:
+    def __init__(self, faces_path: Path, masks_path: Path | None, face_ids: Sequence[str] | None, resolution: int,
+                 face_type: FaceType | None = None, cache_bytes: int = CACHE_BYTES) -> None:
         if resolution < 1:
             raise ValueError(f"reader resolution must be at least 1, got {resolution}")
         if face_type is not None and face_type not in get_args(FaceType):
             raise ValueError(f"face_type must be one of {list(get_args(FaceType))} or None, got {face_type!r}")
-        self.faces_path, self.masks_path = Path(faces_path), Path(masks_path)
+        self.faces_path = Path(faces_path)
+        self.masks_path = None if masks_path is None else Path(masks_path)
         self.face_ids = None if face_ids is None else tuple(face_ids)
         self._resolution = resolution
         self.face_type = face_type
+        self.cache_bytes = cache_bytes
         self._tables: OpenTables | None = None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # index -> (face, mask) as read_many returns them
 
     @classmethod
-    def from_selection(cls, faces_path: Path, masks_path: Path, selection_path: Path | None, resolution: int,
+    def from_selection(cls, faces_path: Path, masks_path: Path | None, selection_path: Path | None, resolution: int,
                        face_type: FaceType | None = None) -> LanceFaceset:
         """The faces a curated selection keeps (all when ``selection_path`` is None), in table order."""
         if selection_path is None:
@@ -195,7 +225,7 @@ class LanceFaceset(FacesetReader):
         return cls(faces_path, masks_path, [face_id for face_id in table_ids if face_id in kept], resolution, face_type)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tables": None}  # handles stay in the process that opened them
+        return {**self.__dict__, "_tables": None, "_cache": {}}  # handles and decoded faces stay in their process
 
     def __len__(self) -> int:
         return len(self.face_ids) if self.face_ids is not None else len(self.open().face_positions)
@@ -212,6 +242,20 @@ class LanceFaceset(FacesetReader):
     def landmarks(self) -> np.ndarray:
         return self.open().landmarks
 
+    def fingerprint(self) -> str:
+        """Hashes the tables' file names and sizes (Lance names each data file by a fresh uuid, so new
+        content means new names) with the face ids, resolution and face type; reads no face."""
+        digest = hashlib.sha256(type(self).__name__.encode())
+        digest.update(repr((self.face_ids, self._resolution, self.face_type, self.masks_path is None)).encode())
+        for table in (self.faces_path, self.masks_path):
+            if table is None:
+                continue
+            for folder, _, names in sorted(os.walk(table)):
+                for name in sorted(names):
+                    path = Path(folder) / name
+                    digest.update(f"{path.relative_to(table)}:{path.stat().st_size}\n".encode())
+        return digest.hexdigest()
+
     def open(self) -> OpenTables:
         """Open the tables and compute each face's geometry (once per process); raises as the class says."""
         if self._tables is None:
@@ -220,7 +264,8 @@ class LanceFaceset(FacesetReader):
 
     def open_tables(self) -> OpenTables:
         """Open both tables, find each face's rows and compute its output geometry (see ``open``)."""
-        faces, masks = open_faces(self.faces_path), open_masks(self.masks_path)
+        faces = open_faces(self.faces_path)
+        masks = None if self.masks_path is None else open_masks(self.masks_path)
         table_ids = faces.to_table(columns=["face_id"])["face_id"].to_pylist()
         wanted = table_ids if self.face_ids is None else list(self.face_ids)
         face_positions = look_up_positions(table_ids, wanted)
@@ -228,11 +273,13 @@ class LanceFaceset(FacesetReader):
         if len(missing):
             raise FacesetError(f"{self.faces_path} has no face {wanted[missing[0]]} ({len(missing)} wanted faces "
                                "missing); re-run the curate stage so the selection matches the faces table")
-        mask_positions = look_up_positions(masks.to_table(columns=["face_id"])["face_id"].to_pylist(), wanted)
-        missing = np.flatnonzero(mask_positions < 0)
-        if len(missing):
-            raise ValueError(f"{self.masks_path} has no mask for face {wanted[missing[0]]} ({len(missing)} faces "
-                             "without a mask); re-run the mask stage")
+        mask_positions = None
+        if masks is not None:
+            mask_positions = look_up_positions(masks.to_table(columns=["face_id"])["face_id"].to_pylist(), wanted)
+            missing = np.flatnonzero(mask_positions < 0)
+            if len(missing):
+                raise ValueError(f"{self.masks_path} has no mask for face {wanted[missing[0]]} ({len(missing)} faces "
+                                 "without a mask); re-run the mask stage")
         rows = faces.take(face_positions, columns=["face_id", "landmarks", "matrix", "face_type", "crop_size", "yaw"])
         count = len(wanted)
         frame_landmarks = np.asarray(rows["landmarks"].to_pylist(), np.float32).reshape(count, LANDMARK_COUNT, 2)
@@ -277,21 +324,39 @@ class LanceFaceset(FacesetReader):
         indices = np.asarray(indices, np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(tables.face_positions)):
             raise IndexError(f"face index out of range 0..{len(tables.face_positions) - 1}: {indices.tolist()}")
+        missing = [int(index) for index in dict.fromkeys(indices.tolist()) if index not in self._cache]
+        decoded = dict(zip(missing, zip(*self.decode(tables, np.asarray(missing, np.int64)), strict=True), strict=True))
+        pair_bytes = 4 * self._resolution**2  # a face (3 bytes a pixel) and its mask (1)
+        for index, pair in decoded.items():
+            if (len(self._cache) + 1) * pair_bytes <= self.cache_bytes:
+                self._cache[index] = pair
+        pairs = [self._cache.get(int(index)) or decoded[int(index)] for index in indices]
+        size = self._resolution
+        if not pairs:
+            return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8)
+        return np.stack([face for face, _ in pairs]), np.stack([mask for _, mask in pairs])
+
+    def decode(self, tables: OpenTables, indices: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Read, decode and frame the faces at ``indices`` (distinct): (S, S, 3) faces and (S, S) masks."""
+        if not len(indices):
+            return [], []
         rows = tables.faces.take(tables.face_positions[indices], columns=["face_id", "image"])  # one take per batch
-        pngs = tables.masks.take(tables.mask_positions[indices], columns=["mask"])["mask"].to_pylist()
+        pngs: list[bytes | None] = [None] * len(indices)
+        if tables.masks is not None:
+            pngs = tables.masks.take(tables.mask_positions[indices], columns=["mask"])["mask"].to_pylist()
         faces, masks = [], []
         for index, face_id, jpeg, png in zip(indices, rows["face_id"].to_pylist(), rows["image"].to_pylist(), pngs,
                                              strict=True):
-            face, mask = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), decode_png(png)
-            if face is None or mask is None:
+            face = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+            mask = decode_png(png) if png is not None else None
+            if face is None or (mask is None and png is not None):
                 raise FacesetError(f"face {face_id} of {self.faces_path} or its mask in {self.masks_path} cannot be "
                                    "decoded; delete the tables and re-run the extract and mask stages")
             faces.append(self.frame_crop(face, tables, index))
-            masks.append(self.frame_crop(mask, tables, index))
-        size = self._resolution
-        if not faces:
-            return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8)
-        return np.stack(faces), np.stack(masks)
+            # Without a masks table: the hull of the landmarks, drawn in the output crop.
+            masks.append(self.frame_crop(mask, tables, index) if png is not None
+                         else hull_mask(tables.landmarks[index], self._resolution))
+        return faces, masks
 
     def frame_crop(self, image: np.ndarray, tables: OpenTables, index: int) -> np.ndarray:
         """A stored crop or mask -> the (S, S[, 3]) output: re-framed, or resized like load_side."""

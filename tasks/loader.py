@@ -1,29 +1,26 @@
 """Training batches from faceset readers: a pure function of (seed, step), optionally made in worker processes.
 
 ``make_batch`` draws step ``step``'s batches from ``np.random.default_rng([seed, step])``, the sides in
-the fixed order of ``SIDES`` on one generator, exactly as ``tasks.train`` draws them from arrays in
-memory: uniform sampling gives, face for face, the batches ``tasks.augment.sample_batch`` gives on the
-whole faceset, but only the sampled faces are read and decoded. ``iterate_batches`` yields those
-batches in step order, computed in this process or by spawned DataLoader workers; either way the
-batches are identical, so the worker count never changes a run.
+the fixed order of ``SIDES`` on one generator, each face augmented by ``tasks.augment.augment_sample``
+with the draws ``tasks.augment.sample_batch`` makes: uniform sampling gives, face for face, the batches
+``sample_batch`` gives on the whole faceset, but only the sampled faces are read and decoded.
+``iterate_batches`` yields those batches in step order, computed in this process or by spawned
+DataLoader workers; either way the batches are identical, so the worker count never changes a run.
 
 Batches are uint8 NHWC (a quarter of float32's bytes through the worker queues and pinned memory);
 ``batch_to_device`` turns them into the model's float32 NCHW tensors in [0, 1] on the device.
 
-Options: ``BatchOptions`` or any object with the same attributes (the trainer's StageOptions has
-batch_size, random_flip and random_warp); ``uniform_yaw`` is optional (default off). Keywords that
-``sample_batch`` accepts beyond its original ones (``AUGMENT_KEYWORDS``) are passed on from the
-options when both have them.
+Each side has its own ``BatchOptions`` (DeepFaceLab flips, colour-transfers and HSV-shifts the src
+faces only); a single ``BatchOptions`` applies to every side.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import get_args
 
 import cv2
 import numpy as np
@@ -31,48 +28,69 @@ import torch
 from pydantic import ConfigDict, with_config
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.augment import sample_batch
+from tasks.augment import augment_sample, check_probabilities, yaw_balanced_weights
+from tasks.color import ColorTransfer
+from tasks.eyes_mouth import eyes_mouth_mask
 from tasks.faceset_reader import FacesetReader
 
 logger = logging.getLogger(__name__)
 
 SIDES = ("src", "dst")  # the order in which one step's generator draws the sides
-YAW_BIN_DEGREES = 5.0  # uniform_yaw: width of the yaw bins that are drawn equally often
-AUGMENT_KEYWORDS = ("hsv_power", "color_transfer")  # optional sample_batch keywords taken from the options
 
-Batch = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # side -> (inputs, targets, target masks), uint8
-TensorBatch = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-class BatchSettings(Protocol):
-    """What ``make_batch`` reads from its options (``BatchOptions`` or the trainer's StageOptions)."""
-
-    batch_size: int
-    random_flip: bool
-    random_warp: bool
+# side -> (inputs, targets, target masks[, eyes/mouth masks]), uint8 (see make_batch)
+Batch = dict[str, tuple[np.ndarray, ...]]
+TensorBatch = dict[str, tuple[torch.Tensor, ...]]
 
 
 @with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class BatchOptions:
-    """How a step's batches are drawn.
+    """How one side's batches are drawn and augmented.
 
     Attributes:
-        batch_size: Faces per side per step.
+        batch_size: Faces per step.
         random_flip: Allow horizontal flips in the random transform.
         random_warp: Warp the inputs (the targets stay unwarped).
-        uniform_yaw: Draw every occupied YAW_BIN_DEGREES yaw bin equally often (then uniformly within
-            it), so the few profile faces of a mostly frontal faceset are seen as often as frontal ones.
+        uniform_yaw: Draw faces so every occupied yaw bin is equally likely
+            (``tasks.augment.yaw_balanced_weights``), so the few profile faces of a mostly frontal
+            faceset are seen as often as frontal ones.
+        hsv_power: ``tasks.augment.random_hsv`` power for the inputs, in [0, 1]; 0 for none.
+        color_transfer: Recolour each face (input and target) to the colours of a random face of
+            the other side with this tasks.color method; "none" for no transfer.
+        blur_out_mask: Blur the targets' background (``tasks.augment.blur_out_mask``).
+        eyes_mouth: Add a fourth array to the side's batch: the eyes/mouth priority masks drawn from
+            the reader's landmarks (``tasks.eyes_mouth``), transformed like the target masks.
     """
 
     batch_size: int = 8
     random_flip: bool = True
     random_warp: bool = True
     uniform_yaw: bool = False
+    hsv_power: float = 0.0
+    color_transfer: ColorTransfer = "none"
+    blur_out_mask: bool = False
+    eyes_mouth: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0.0 <= self.hsv_power <= 1.0:
+            raise ValueError(f"hsv_power must be in [0, 1], got {self.hsv_power}")
+        if self.color_transfer not in get_args(ColorTransfer):
+            raise ValueError(f"color_transfer must be one of {list(get_args(ColorTransfer))}, got {self.color_transfer!r}")
+
+
+BatchSettings = BatchOptions | Mapping[str, BatchOptions]
+
+
+def options_by_side(readers: Mapping[str, FacesetReader], options: BatchSettings) -> dict[str, BatchOptions]:
+    """side -> its BatchOptions; raises ValueError when a mapping lacks a side of ``readers``."""
+    if isinstance(options, BatchOptions):
+        return {side: options for side in readers}
+    missing = sorted(set(readers) - set(options))
+    if missing:
+        raise ValueError(f"batch options are missing for the sides {missing}")
+    return {side: options[side] for side in readers}
 
 
 def order_sides(readers: Mapping[str, FacesetReader]) -> list[str]:
@@ -86,36 +104,37 @@ def order_sides(readers: Mapping[str, FacesetReader]) -> list[str]:
     return [side for side in SIDES if side in readers]
 
 
-def compute_uniform_yaw_weights(yaw: np.ndarray, bin_degrees: float = YAW_BIN_DEGREES) -> np.ndarray:
-    """(N,) sampling probabilities that draw each occupied yaw bin equally often (non-finite yaws share a bin)."""
-    yaw = np.asarray(yaw, np.float64)
-    bins = np.where(np.isfinite(yaw), np.floor(np.nan_to_num(yaw) / bin_degrees), np.iinfo(np.int32).min)
-    _, inverse, counts = np.unique(bins.astype(np.int64), return_inverse=True, return_counts=True)
-    weights = 1.0 / counts[inverse]
-    return weights / weights.sum()
+def other_side(side: str) -> str:
+    """The side whose faces a colour transfer takes colours from."""
+    return SIDES[1 - SIDES.index(side)]
 
 
-def compute_sampling_weights(readers: Mapping[str, FacesetReader], options: BatchSettings) -> dict[str, np.ndarray | None]:
+def check_requirements(readers: Mapping[str, FacesetReader], options: Mapping[str, BatchOptions]) -> None:
+    """Raise ValueError for options a side's readers cannot serve (no yaw, no landmarks, no colour reference)."""
+    for side, side_options in options.items():
+        reader = readers[side]
+        if side_options.uniform_yaw and reader.yaw is None:
+            raise ValueError(f"uniform_yaw needs each face's yaw, but the {side} reader has none; "
+                             "pass yaw to ArrayFaceset or read the faces with LanceFaceset")
+        if side_options.eyes_mouth and reader.landmarks is None:
+            raise ValueError(f"eyes_mouth_priority (eyes/mouth masks) needs each face's landmarks, but the {side} "
+                             "reader has none; pass landmarks to ArrayFaceset or read the faces with LanceFaceset")
+        if side_options.color_transfer != "none" and other_side(side) not in readers:
+            raise ValueError(f"color_transfer on the {side} side takes colours from {other_side(side)} faces, "
+                             f"but there is no {other_side(side)} reader")
+
+
+def compute_sampling_weights(readers: Mapping[str, FacesetReader],
+                             options: BatchSettings) -> dict[str, np.ndarray | None]:
     """side -> (N,) sampling probabilities, or None for uniform sampling (computed once per run).
 
     Raises:
         ValueError: ``uniform_yaw`` is on but a reader has no yaw.
     """
-    if not getattr(options, "uniform_yaw", False):
-        return {side: None for side in readers}
-    weights = {}
-    for side, reader in readers.items():
-        if reader.yaw is None:
-            raise ValueError(f"uniform_yaw needs each face's yaw, but the {side} reader has none; "
-                             "pass yaw to ArrayFaceset or read the faces with LanceFaceset")
-        weights[side] = compute_uniform_yaw_weights(reader.yaw)
-    return weights
-
-
-def augment_keywords(options: Any) -> dict[str, Any]:
-    """The AUGMENT_KEYWORDS that both ``sample_batch`` accepts and ``options`` has, with the options' values."""
-    accepted = inspect.signature(sample_batch).parameters
-    return {name: getattr(options, name) for name in AUGMENT_KEYWORDS if name in accepted and hasattr(options, name)}
+    by_side = options_by_side(readers, options)
+    check_requirements(readers, by_side)
+    return {side: check_probabilities(yaw_balanced_weights(readers[side].yaw), len(readers[side]))
+            if by_side[side].uniform_yaw else None for side in readers}
 
 
 def make_batch(
@@ -129,40 +148,54 @@ def make_batch(
 
     Args:
         readers: side ("src", "dst") -> reader at the model resolution.
-        options: batch_size, random_flip, random_warp and optionally uniform_yaw (see the module doc).
+        options: The sides' BatchOptions (one for all, or side -> options).
         seed: The run's seed, >= 0.
         step: The model's iteration, >= 0 (``tasks.train`` counts from 1).
         weights: From ``compute_sampling_weights`` (pass them to skip recomputing); None computes them.
 
     Returns:
         side -> (inputs (B, S, S, 3) transformed and, with random_warp, warped; targets (B, S, S, 3)
-        transformed only; target masks (B, S, S)), all uint8.
+        transformed only; target masks (B, S, S)) and, with ``eyes_mouth``, a fourth array: the
+        eyes/mouth masks (B, S, S); all uint8.
 
     Raises:
-        ValueError: An unknown side, an empty faceset, a negative seed or step, or uniform_yaw without yaw.
+        ValueError: An unknown side, an empty faceset, a negative seed or step, or an option the
+            readers cannot serve (uniform_yaw without yaw, eyes_mouth without landmarks, a colour
+            transfer without the other side).
     """
     if seed < 0 or step < 0:
         raise ValueError(f"seed and step must be 0 or more, got seed {seed} and step {step}")
     sides = order_sides(readers)
-    weights = compute_sampling_weights(readers, options) if weights is None else weights
-    keywords = augment_keywords(options)
+    by_side = options_by_side(readers, options)
+    weights = compute_sampling_weights(readers, by_side) if weights is None else weights
     rng = np.random.default_rng([seed, step])
-    batch: Batch = {}
-    for side in sides:
-        reader, side_weights = readers[side], weights.get(side)
-        if side_weights is None:
-            indices = rng.integers(0, len(reader), size=options.batch_size)  # as sample_batch draws them
-        else:
-            indices = rng.choice(len(reader), size=options.batch_size, p=side_weights)
-        faces, masks = reader.read_many(indices)
-        # One face at a time: sample_batch's index draw from a one-face set takes nothing from the
-        # generator, so each face gets the transform and warp draws it would get in the whole set.
-        samples = [sample_batch(faces[position:position + 1], masks[position:position + 1], rng, 1,
-                                options.random_flip, options.random_warp, **keywords)
-                   for position in range(options.batch_size)]
-        inputs, targets, target_masks = (np.concatenate(parts) for parts in zip(*samples, strict=True))
-        batch[side] = (inputs, targets, target_masks)
-    return batch
+    return {side: draw_side(readers, side, by_side[side], weights.get(side), rng) for side in sides}
+
+
+def draw_side(readers: Mapping[str, FacesetReader], side: str, options: BatchOptions, weights: np.ndarray | None,
+              rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """One side's batch (see ``make_batch``), drawing from ``rng`` in ``sample_batch``'s order."""
+    reader = readers[side]
+    if weights is None:
+        indices = rng.integers(0, len(reader), size=options.batch_size)  # as sample_batch draws them
+    else:
+        indices = rng.choice(len(reader), size=options.batch_size, p=weights)
+    faces, masks = reader.read_many(indices)
+    samples = []
+    for position, index in enumerate(indices):
+        reference = reference_mask = None
+        if options.color_transfer != "none":
+            colours = readers[other_side(side)]
+            reference, reference_mask = colours.read(int(rng.integers(0, len(colours))))
+        extra = (eyes_mouth_mask(reader.landmarks[index], reader.resolution),) if options.eyes_mouth else ()
+        samples.append(augment_sample(faces[position], masks[position], rng, options.random_flip, options.random_warp,
+                                      options.hsv_power, options.color_transfer, reference, reference_mask,
+                                      options.blur_out_mask, extra))
+    arrays = [np.stack([sample.input for sample in samples]), np.stack([sample.target for sample in samples]),
+              np.stack([sample.target_mask for sample in samples])]
+    if options.eyes_mouth:
+        arrays.append(np.stack([sample.extra_masks[0] for sample in samples]))
+    return tuple(arrays)
 
 
 def batch_to_tensors(batch: Batch) -> TensorBatch:
@@ -171,8 +204,9 @@ def batch_to_tensors(batch: Batch) -> TensorBatch:
 
 
 def batch_to_device(batch: Batch | TensorBatch, device: torch.device | str) -> TensorBatch:
-    """uint8 batches -> model tensors on ``device``: inputs and targets (B, 3, S, S), target masks
-    (B, 1, S, S), float32 in [0, 1] (as ``tasks.preview.images_to_tensor``); pinned tensors copy asynchronously."""
+    """uint8 batches -> model tensors on ``device``: inputs and targets (B, 3, S, S), target masks (and
+    eyes/mouth masks) (B, 1, S, S), float32 in [0, 1] (as ``tasks.preview.images_to_tensor``); pinned
+    tensors copy asynchronously."""
     def to_model(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         tensor = torch.as_tensor(images).to(device, non_blocking=True)
         if tensor.dim() == 3:
@@ -187,7 +221,8 @@ class StepBatches(Dataset):
 
     def __init__(self, readers: Mapping[str, FacesetReader], options: BatchSettings, seed: int,
                  weights: Mapping[str, np.ndarray | None]) -> None:
-        self.readers, self.options, self.seed, self.weights = dict(readers), options, seed, dict(weights)
+        self.readers, self.seed, self.weights = dict(readers), seed, dict(weights)
+        self.options = options_by_side(readers, options)
 
     def __getitem__(self, step: int) -> TensorBatch:
         return batch_to_tensors(make_batch(self.readers, self.options, self.seed, step, self.weights))

@@ -6,12 +6,19 @@ A preview grid has one row per face and the columns
     src | src->src | dst | dst->dst | dst->src
 i.e. each side's input, its reconstruction through its own decoder, and the swap: a dst face painted
 by the src decoder. It is how a person judges training progress at a glance.
+
+Every grid also goes to a preview history folder as <iteration>.jpg (``save_preview_history``), so
+the progress of a long run can be paged through; the folder is thinned to at most
+``PREVIEW_HISTORY_LIMIT`` images, evenly spread over the run.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -24,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 PREVIEW_FACES = 4
 PREVIEW_COLUMNS = ("src", "src->src", "dst", "dst->dst", "dst->src")
+PREVIEW_HISTORY_LIMIT = 100  # images kept in a preview history folder
+PREVIEW_JPEG_QUALITY = 90
+PREVIEW_NAME = re.compile(r"^(\d+)\.jpg$")
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
@@ -114,3 +124,38 @@ def log_scalars(writer: SummaryWriter, values: dict[str, float], learning_rate: 
         writer.add_scalar(f"loss/{name}", value, step)
     writer.add_scalar("learning_rate", learning_rate, step)
     writer.add_scalar("ms_per_iteration", ms_per_iteration, step)
+
+
+def save_preview_history(directory: Path, grid: np.ndarray, iteration: int, limit: int = PREVIEW_HISTORY_LIMIT) -> Path:
+    """Write a preview grid as ``<directory>/<iteration>.jpg`` (zero-padded) and thin the folder.
+
+    Beyond ``limit`` images, every second one is removed (the newest always stays), so the history
+    keeps an even spread over the whole run at about half the density each time it fills up.
+
+    Args:
+        directory: The preview history folder, e.g. logs/<stage>/previews; created if missing.
+        grid: (H, W, 3) uint8 BGR grid (see ``render_preview``).
+        iteration: The model's iteration count.
+        limit: The most images to keep (at least 2).
+
+    Returns:
+        The image's path.
+
+    Raises:
+        OSError: The image cannot be written.
+        ValueError: ``limit`` is below 2.
+    """
+    if limit < 2:
+        raise ValueError(f"a preview history keeps at least 2 images, got limit {limit}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{iteration:09d}.jpg"
+    if not cv2.imwrite(str(path), grid, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_JPEG_QUALITY]):
+        raise OSError(f"could not write the preview image {path}; check that the directory is writable")
+    kept = sorted((int(match.group(1)), item) for item in directory.iterdir() if (match := PREVIEW_NAME.match(item.name)))
+    while len(kept) > limit:
+        removed = kept[1:-1:2]  # the oldest and the newest stay
+        for _, item in removed:
+            item.unlink()
+        kept = [entry for entry in kept if entry not in removed]
+    return path

@@ -2,7 +2,7 @@
 
 A stage's work dir (outside DVC's outputs) holds its most recent checkpoints:
 
-    <work_dir>/iteration-000001500/   model, optimizer, RNG state and the run's JSON state
+    <work_dir>/iteration-000001500/   model, optimizer, discriminators, RNG state and the run's JSON state
     <work_dir>/iteration-000002000/   the newest; at most ``KEEP_CHECKPOINTS`` are kept
 
 Each checkpoint is written into a hidden temporary directory beside them and renamed into place once
@@ -14,7 +14,8 @@ next loss was healthy (the final one of a stage excepted).
 
 The lineage is a hash of everything that decides a run's weights: the stage name, the model config,
 every stage option except those that only say how long to train or how often to log and save
-(``RESUMABLE_CHANGES``), the start checkpoint, the training faces and the training code. A work-dir
+(``RESUMABLE_CHANGES``), the start checkpoint, the training faces (the readers' fingerprints) and the
+training code. The runtime options (device, precision, loader workers) are not part of it. A work-dir
 checkpoint is resumed only when its lineage equals the current one, so a changed setting never
 resumes a stale run, while a run that only gained iterations continues where it stopped.
 """
@@ -31,12 +32,10 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from model.checkpoint import (
@@ -49,7 +48,8 @@ from model.checkpoint import (
     sync_directory,
 )
 from model.config import ModelConfig
-from tasks.collapse import CollapseGuard, Snapshot, restore_rng, set_learning_rate
+from tasks.collapse import CollapseGuard, Snapshot
+from tasks.train_options import StageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,10 @@ KEEP_CHECKPOINTS = 2
 CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)$")
 TEMPORARY_PREFIX = ".incomplete-"
 RESUMABLE_CHANGES = frozenset({"iterations", "preview_every", "save_every"})  # options that leave the weights as they are
-TRAINING_CODE = ("model", "tasks.augment", "tasks.collapse", "tasks.run_state", "tasks.train")  # a package: all its files
+# The code that decides a run's weights ("model" is a package: all its files).
+TRAINING_CODE = ("model", "tasks.align", "tasks.augment", "tasks.collapse", "tasks.color", "tasks.eyes_mouth",
+                 "tasks.faceset_reader", "tasks.loader", "tasks.masks", "tasks.run_state", "tasks.train",
+                 "tasks.train_options", "tasks.train_step")
 
 
 @dataclass
@@ -75,6 +78,9 @@ class RunProgress:
         collapse_events: One dict per rollback: "iteration", "reason", "loss" (None when not
             finite), "restored_iteration" and "learning_rate" (after the back-off).
         stage_seconds: Wall time of this stage's iterations so far (those lost to a crash excluded).
+        loss_history: One row per preview point and at the end of the stage: "iteration" (the
+            model's), the smoothed losses, "learning_rate" and the held-out scores (see
+            ``flows.stages.write_loss_history``), kept so a resumed run keeps its earlier rows.
     """
 
     lineage: str
@@ -86,6 +92,7 @@ class RunProgress:
     smoothed: dict[str, float] = dataclasses.field(default_factory=dict)
     collapse_events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     stage_seconds: float = 0.0
+    loss_history: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
     @property
     def iteration(self) -> int:
@@ -120,7 +127,7 @@ def compute_lineage(
     config: ModelConfig,
     options: Any,
     init_checkpoint: Path | None,
-    arrays: list[np.ndarray],
+    fingerprints: list[str],
 ) -> str:
     """Hash what decides a run's weights (see the module docstring).
 
@@ -129,7 +136,7 @@ def compute_lineage(
         config: The model config.
         options: The stage's options dataclass.
         init_checkpoint: The checkpoint the stage starts from, or None for a new model.
-        arrays: The training faces and masks.
+        fingerprints: The training faces' fingerprints (``FacesetReader.fingerprint``), in side order.
 
     Returns:
         A hex sha256.
@@ -143,9 +150,8 @@ def compute_lineage(
     if init_checkpoint is not None:
         read_manifest(init_checkpoint)  # a missing or broken start checkpoint is named here
         digest.update((Path(init_checkpoint) / MANIFEST_FILE).read_bytes())  # it holds the weights' sha256
-    for array in arrays:
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).data)
+    for fingerprint in fingerprints:
+        digest.update(fingerprint.encode())
     return digest.hexdigest()
 
 
@@ -195,14 +201,8 @@ def find_resume_checkpoint(work_dir: Path, lineage: str, iterations: int, device
     return None
 
 
-def resume_run(
-    work_dir: Path,
-    lineage: str,
-    iterations: int,
-    device: torch.device,
-    build_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
-) -> tuple[torch.nn.Module, torch.optim.Optimizer, RunProgress] | None:
-    """Resume from the newest sound work-dir checkpoint of ``lineage`` (see ``find_resume_checkpoint``).
+def resume_run(work_dir: Path, lineage: str, iterations: int, device: torch.device) -> tuple[Checkpoint, RunProgress] | None:
+    """Find the newest sound work-dir checkpoint of ``lineage`` to resume (see ``find_resume_checkpoint``).
 
     The work dir's other checkpoints that the run will not continue from (other lineages, newer than
     the one resumed, all of them when none is) are removed.
@@ -211,12 +211,12 @@ def resume_run(
         work_dir: The stage's work dir.
         lineage: The run's lineage.
         iterations: The stage's iterations; a checkpoint past them is not resumed.
-        device: Where the model goes.
-        build_optimizer: Makes the stage's optimizer for a model; its saved state is then loaded.
+        device: Where the weights go.
 
     Returns:
-        The model (training mode), its optimizer and the run's progress, the torch RNG state restored;
-        None when no checkpoint fits and the stage starts from the beginning.
+        The checkpoint (the caller builds the networks and optimizers from it, then restores its RNG
+        state with ``tasks.collapse.restore_rng``) and the run's progress; None when no checkpoint
+        fits and the stage starts from the beginning.
     """
     found = find_resume_checkpoint(work_dir, lineage, iterations, str(device))
     remove_leftovers(work_dir)
@@ -229,13 +229,8 @@ def resume_run(
         return None
     directory, checkpoint = found
     progress = RunProgress.from_state(checkpoint.state["run"])
-    model = checkpoint.model.to(device).train()
-    optimizer = build_optimizer(model)
-    optimizer.load_state_dict(checkpoint.optimizer_state)
-    set_learning_rate(optimizer, progress.learning_rate)  # the stage's, lowered by earlier rollbacks
-    restore_rng(checkpoint.training_tensors)  # after building the model, which draws from it
     logger.info("resuming from %s: %d of %d iterations done", directory, progress.stage_iteration, iterations)
-    return model, optimizer, progress
+    return checkpoint, progress
 
 
 def discard(directory: Path) -> None:
@@ -268,7 +263,8 @@ def save_to_work_dir(work_dir: Path, snapshot: Snapshot, config: ModelConfig, st
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     temporary = work_dir / f"{TEMPORARY_PREFIX}{secrets.token_hex(4)}"
-    save_checkpoint_state(temporary, snapshot.model_state, config, state, snapshot.optimizer_state, snapshot.rng_tensors)
+    save_checkpoint_state(temporary, snapshot.model_state, config, state, snapshot.optimizer_state, snapshot.rng_tensors,
+                          snapshot.networks)
     directory = work_dir / f"iteration-{state['iteration']:09d}"
     if directory.exists():
         discard(directory)
@@ -279,15 +275,19 @@ def save_to_work_dir(work_dir: Path, snapshot: Snapshot, config: ModelConfig, st
     return directory
 
 
-def checkpoint_state(run: dict, stage_name: str, seed: int) -> dict:
-    """The JSON state of a checkpoint of the run state ``run`` (see ``RunProgress.to_state``)."""
+def checkpoint_state(run: dict, stage_name: str, options: StageOptions) -> dict:
+    """The JSON state of a checkpoint of the run state ``run`` (see ``RunProgress.to_state``).
+
+    Its "optimizer" names the optimizer whose state the checkpoint holds, so a later stage with
+    another optimizer knows to start a fresh one.
+    """
     history = list(run["history"])
     if not history or history[-1] != stage_name:  # a continued run of the same stage is not a new stage
         history.append(stage_name)
-    return {"iteration": run["start_iteration"] + run["stage_iteration"], "stage": stage_name, "seed": seed,
-            "history": history, "collapse_events": run["collapse_events"]}
+    return {"iteration": run["start_iteration"] + run["stage_iteration"], "stage": stage_name, "seed": options.seed,
+            "optimizer": options.optimizer, "history": history, "collapse_events": run["collapse_events"]}
 
 
-def save_snapshot(work_dir: Path, snapshot: Snapshot, config: ModelConfig, stage_name: str, seed: int) -> None:
+def save_snapshot(work_dir: Path, snapshot: Snapshot, config: ModelConfig, stage_name: str, options: StageOptions) -> None:
     """Save a snapshot as the work dir's newest checkpoint, with the run state a resumed run needs."""
-    save_to_work_dir(work_dir, snapshot, config, {**checkpoint_state(snapshot.run, stage_name, seed), "run": snapshot.run})
+    save_to_work_dir(work_dir, snapshot, config, {**checkpoint_state(snapshot.run, stage_name, options), "run": snapshot.run})

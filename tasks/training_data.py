@@ -1,4 +1,8 @@
-"""Load a side's selected faces and masks into memory for training."""
+"""Load a side's selected faces and masks into memory at once.
+
+Training reads its faces through ``tasks.faceset_reader`` (only the sampled faces, re-framed to the
+model's face type); this whole-side load serves benchmarks and tests that compare against it.
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from model.checkpoint import (
     OPTIMIZER_FILE,
     TRAINING_FILE,
     CheckpointError,
+    NetworkState,
     load_checkpoint,
     read_checkpoint_config,
     save_checkpoint,
@@ -178,3 +179,56 @@ def test_saving_state_dict_copies_writes_the_same_files(saved, tmp_path: Path) -
     save_checkpoint_state(copies, model.state_dict(), TINY, STATE, optimizer.state_dict())
     for name in (MODEL_FILE, OPTIMIZER_FILE, MANIFEST_FILE):
         assert (copies / name).read_bytes() == (directory / name).read_bytes(), name
+
+
+def discriminator_and_optimizer() -> tuple[torch.nn.Module, torch.optim.Adam]:
+    """A small network after one Adam step, standing in for a discriminator trained beside the model."""
+    torch.manual_seed(1)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 1, 1))
+    optimizer = torch.optim.Adam(network.parameters(), lr=2e-4)
+    network(torch.rand(2, 3, 8, 8)).mean().backward()
+    optimizer.step()
+    return network, optimizer
+
+
+def test_networks_round_trip_checksummed(saved) -> None:
+    directory, model, optimizer = saved
+    network, network_optimizer = discriminator_and_optimizer()
+    networks = {"patch_discriminator": NetworkState(network.state_dict(), network_optimizer.state_dict()),
+                "code_discriminator": NetworkState(network.state_dict())}
+    save_checkpoint(directory, model, TINY, STATE, optimizer, networks=networks)
+    assert {"patch_discriminator.safetensors", "patch_discriminator.optimizer.safetensors",
+            "code_discriminator.safetensors"} <= {path.name for path in directory.iterdir()}
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    assert len(manifest["files"]["patch_discriminator.optimizer.safetensors"]["sha256"]) == 64
+    loaded = load_checkpoint(directory).networks
+    assert set(loaded) == {"patch_discriminator", "code_discriminator"}
+    assert loaded["code_discriminator"].optimizer_state is None
+    for name, value in network.state_dict().items():
+        assert torch.equal(loaded["patch_discriminator"].weights[name], value), name
+    resumed = torch.optim.Adam(network.parameters(), lr=1.0)
+    resumed.load_state_dict(loaded["patch_discriminator"].optimizer_state)
+    assert resumed.param_groups[0]["lr"] == 2e-4
+    assert torch.equal(resumed.state_dict()["state"][0]["exp_avg"], network_optimizer.state_dict()["state"][0]["exp_avg"])
+    payload = bytearray((directory / "patch_discriminator.safetensors").read_bytes())
+    payload[-3] ^= 0xFF
+    (directory / "patch_discriminator.safetensors").write_bytes(bytes(payload))
+    with pytest.raises(CheckpointError, match=r"patch_discriminator\.safetensors fails its sha256 check"):
+        load_checkpoint(directory)
+
+
+def test_a_save_without_a_network_removes_its_stale_files(saved) -> None:
+    directory, model, optimizer = saved
+    network, network_optimizer = discriminator_and_optimizer()
+    save_checkpoint(directory, model, TINY, STATE, optimizer,
+                    networks={"patch_discriminator": NetworkState(network.state_dict(), network_optimizer.state_dict())})
+    save_checkpoint(directory, model, TINY, STATE, optimizer)
+    assert sorted(path.name for path in directory.iterdir()) == [MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE]
+    assert load_checkpoint(directory).networks == {}
+
+
+@pytest.mark.parametrize("name", ["model", "Bad-Name", "optimizer"])
+def test_network_names_that_would_clash_or_mislead_are_refused(saved, name: str) -> None:
+    directory, model, _ = saved
+    with pytest.raises(CheckpointError, match="network name"):
+        save_checkpoint(directory, model, TINY, STATE, networks={name: NetworkState(model.state_dict())})

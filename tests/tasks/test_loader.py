@@ -19,7 +19,7 @@ from tasks.images import read_image
 from tasks.loader import (
     BatchOptions,
     batch_to_device,
-    compute_uniform_yaw_weights,
+    compute_sampling_weights,
     iterate_batches,
     make_batch,
 )
@@ -129,13 +129,14 @@ def test_workers_give_the_same_batches_as_in_process(tables) -> None:
 
 
 def test_uniform_yaw_draws_each_yaw_bin_equally() -> None:
-    weights = compute_uniform_yaw_weights(np.array([0.5, 1.0, 2.0, 3.0, 40.0, np.nan]))
-    assert np.allclose(weights, [1 / 12] * 4 + [1 / 3, 1 / 3])
     faces, masks = np.zeros((6, 32, 32, 3), np.uint8), np.zeros((6, 32, 32), np.uint8)
+    reader = ArrayFaceset(faces, masks, yaw=np.array([0.5, 1.0, 2.0, 3.0, 40.0, -60.0]))
+    weights = compute_sampling_weights({"src": reader}, BatchOptions(uniform_yaw=True))["src"]
+    assert np.allclose(weights, [1 / 12] * 4 + [1 / 3, 1 / 3])
+    assert compute_sampling_weights({"src": reader}, BatchOptions())["src"] is None
     with pytest.raises(ValueError, match="uniform_yaw needs each face's yaw"):
         make_batch({"src": ArrayFaceset(faces, masks)}, BatchOptions(uniform_yaw=True), 0, 1)
     faces[4] = 255  # the only face in its yaw bin: drawn about a third of the time
-    reader = ArrayFaceset(faces, masks, yaw=np.array([0.5, 1.0, 2.0, 3.0, 40.0, np.nan]))
     drawn = np.concatenate([make_batch({"src": reader}, BatchOptions(batch_size=16, uniform_yaw=True,
                                                                       random_warp=False), 0, step)["src"][1]
                             for step in range(8)])

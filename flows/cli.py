@@ -51,11 +51,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tasks.images import ImageError
     from tasks.merge import MergeError
     from tasks.train import ConfigMismatchError, EmptyFacesetError
+    from tasks.train_options import TrainOptionsError
     from tasks.video import VideoError
 
     return (ParamsError, ExtractionError, StageFailed, CheckpointError, ExportError, FacesetError, EmptyFacesetError,
             ConfigMismatchError, VideoError, ImageError, ModelFileError, DecisionsError, IdentityError,
-            FileNotFoundError, HistoryError, MergeError)
+            FileNotFoundError, HistoryError, MergeError, TrainOptionsError)
 
 
 def run_reporting_errors(function, *args, **kwargs):

@@ -125,6 +125,7 @@ class TrainParams(Section):
 
 class ExportParams(Section):
     name: str = "faceflow"  # exports/<name>.dfm
+    fp16: bool = False  # float16 weights (half the file); the input and outputs stay float32
 
     @field_validator("name")
     @classmethod

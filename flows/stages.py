@@ -85,6 +85,8 @@ def training_inputs() -> list[str]:
 def render_stages(params: Params) -> dict:
     """The dvc.yaml document for these params."""
     final = checkpoint_dir(params.train.final_stage)
+    pretraining = any(options.pretrain for options in params.train.stages.values())
+    pretrain_inputs = [params.train.pretrain_faceset] if pretraining and params.train.pretrain_faceset else []
     stages: dict[str, dict] = {
         "extract": {
             "foreach": list(SIDES),
@@ -131,7 +133,8 @@ def render_stages(params: Params) -> dict:
             "foreach": {name: {"previous": params.train.previous_stage(name)} for name in params.train.stage_names},
             "do": {
                 "cmd": "faceflow stage train ${key}",
-                "deps": ["checkpoints/${item.previous}", *training_inputs(), *code_dependencies("flows/train.py")],
+                "deps": ["checkpoints/${item.previous}", *training_inputs(), *pretrain_inputs,
+                         *code_dependencies("flows/train.py")],
                 "params": ["train.model", "train.stages.${key}"],
                 "outs": ["checkpoints/${key}", "logs/${key}"],
                 # Metrics and plots are small and committed to git with dvc.lock (cache: false), so every

@@ -62,7 +62,7 @@ def advise(yaw: AxisCoverage, pitch: AxisCoverage, src_yaw: np.ndarray) -> list[
     fixed_by_flip = [index for index in yaw.gaps if mirrored[index] + yaw.src_counts[index] >= MINIMUM_SRC_FACES]
     if fixed_by_flip:
         labels = ", ".join(yaw.label(index) for index in fixed_by_flip)
-        advice.append(f"Keep random_flip on in training: mirrored src faces cover {labels}.")
+        advice.append(f"Turn random_src_flip on in training: mirrored src faces cover {labels}.")
     rest = [index for index in yaw.gaps if index not in fixed_by_flip]
     if rest:
         labels = ", ".join(yaw.label(index) for index in rest)

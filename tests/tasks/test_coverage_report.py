@@ -26,7 +26,7 @@ def test_mirroring_is_advised_when_the_other_side_is_covered():
     src_yaw, src_pitch = poses(-35, 100)
     dst_yaw, dst_pitch = poses(35, 100, seed=2)
     report = compare_coverage(src_yaw, src_pitch, dst_yaw, dst_pitch)
-    assert report.gaps and any("random_flip" in line for line in report.advice)
+    assert report.gaps and any("random_src_flip" in line for line in report.advice)
 
 
 def test_full_coverage_says_so_and_renders():

@@ -38,7 +38,8 @@ from tasks.extract import FaceOptions, SideOptions, extract_folder  # noqa: E402
 from tasks.faceset_reader import LanceFaceset  # noqa: E402
 from tasks.loader import BatchOptions, batch_to_device, iterate_batches  # noqa: E402
 from tasks.mask_table import MaskOptions, build_masks  # noqa: E402
-from tasks.train import train_step  # noqa: E402
+from tasks.train_options import RuntimeOptions, StageOptions, resolve_runtime  # noqa: E402
+from tasks.train_step import assemble_parts, train_step  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media" / "videos"
 SEED = 0
@@ -73,14 +74,15 @@ def measure_training(readers: dict, options: BatchOptions, resolution: int, dims
     """Median seconds of one training step (after a warm-up step) at ``resolution``."""
     ae_dims, e_dims, d_dims, d_mask_dims = dims
     config = ModelConfig(resolution=resolution, ae_dims=ae_dims, e_dims=e_dims, d_dims=d_dims, d_mask_dims=d_mask_dims)
-    model = build_model(config).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-5)
+    stage = StageOptions(optimizer="adam")
+    runtime = resolve_runtime(RuntimeOptions(workers=0))
+    parts = assemble_parts(build_model(config), config, stage, runtime, 5e-5, None, {}, False)
     _, batch = next(iterate_batches(readers, options, SEED, 1, 2))
     batches = batch_to_device(batch, device)
     seconds = []
     for _ in range(steps + 1):
         started = time.perf_counter()
-        train_step(model, optimizer, batches, masked=True)
+        train_step(parts, batches, stage, runtime)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)

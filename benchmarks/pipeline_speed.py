@@ -27,8 +27,8 @@ from tasks.extract import create_face_analyzer, extract_source, plan_extraction,
 from tasks.faceset import finalize_table  # noqa: E402
 from tasks.mask_table import build_masks  # noqa: E402
 from tasks.merge import FaceSwapper, render_video  # noqa: E402
-from tasks.train import TrainingData, train_stage  # noqa: E402
-from tasks.training_data import load_side  # noqa: E402
+from tasks.faceset_reader import LanceFaceset  # noqa: E402
+from tasks.train import train_stage  # noqa: E402
 from tasks.video import VideoWriter, iter_frames, probe_video  # noqa: E402
 
 CLIPS = {"src": ROOT / "data/demo/src_pexels_8136210.mp4", "dst": ROOT / "data/demo/dst_pexels_7154235.mp4"}
@@ -77,12 +77,12 @@ def benchmark_extraction(work: Path, params) -> None:
 def benchmark_training(work: Path, params, iterations: int) -> Path:
     print(f"== training (demo model {params.train.model}) ==")
     resolution = params.train.model.resolution
-    src = load_side(work / "src/faces.lance", work / "src/masks.lance", None, resolution)
-    dst = load_side(work / "dst/faces.lance", work / "dst/masks.lance", None, resolution)
-    data = TrainingData(*src, *dst)
+    readers = {side: LanceFaceset(work / side / "faces.lance", work / side / "masks.lance", None, resolution,
+                                  params.train.model.face_type) for side in ("src", "dst")}
     first = next(iter(params.train.stages.values()))
     options = replace(first, iterations=iterations, preview_every=iterations)
-    result, seconds = timed(train_stage, data, params.train.model, options, "bench", work / "ckpt", work / "logs", progress=False)
+    result, seconds = timed(train_stage, readers, params.train.model, options, "bench", work / "ckpt", work / "logs",
+                            progress=False, runtime=params.train.runtime)
     print(f"batch {options.batch_size}, {iterations} iterations: {result.metrics['ms_per_iteration']:.1f} ms/iteration "
           f"(wall {1000 * seconds / iterations:.1f} ms/iteration including setup and saving)")
     return work / "ckpt"

@@ -17,7 +17,7 @@ import logging
 import cv2
 import numpy as np
 
-from tasks.masks import LANDMARK_COUNT, SHIFT_BITS, MaskError
+from tasks.masks import SHIFT_BITS, MaskError, check_landmarks
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +43,7 @@ def eyes_mouth_mask(landmarks_68: np.ndarray, size: int, feather: bool = True) -
     Raises:
         MaskError: if the landmarks are not a finite (68, 2) array or the size is not positive.
     """
-    points = np.asarray(landmarks_68, dtype=np.float64)
-    if points.shape != (LANDMARK_COUNT, 2):
-        raise MaskError(f"landmarks must have shape ({LANDMARK_COUNT}, 2), got {points.shape}")
-    if not np.all(np.isfinite(points)):
-        raise MaskError("landmarks contain NaN or infinite values; re-run landmark detection for this face")
+    points = check_landmarks(landmarks_68)
     if int(size) <= 0:
         raise MaskError(f"mask size must be positive, got {size!r}")
     size = int(size)

@@ -54,6 +54,16 @@ def lift_brows(landmarks: np.ndarray) -> np.ndarray:
     return brows + FOREHEAD_LIFT * chin_to_brows
 
 
+def check_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """The landmarks as a float64 (68, 2) array; MaskError unless they are 68 finite points."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.shape != (LANDMARK_COUNT, 2):
+        raise MaskError(f"landmarks must have shape ({LANDMARK_COUNT}, 2), got {points.shape}")
+    if not np.all(np.isfinite(points)):
+        raise MaskError("landmarks contain NaN or infinite values; re-run landmark detection for this face")
+    return points
+
+
 def hull_mask(landmarks: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Fill the convex hull of the whole face, forehead included.
 
@@ -68,11 +78,7 @@ def hull_mask(landmarks: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     Raises:
         MaskError: if the landmarks are not a finite (68, 2) array or the size is not positive.
     """
-    points = np.asarray(landmarks, dtype=np.float64)
-    if points.shape != (LANDMARK_COUNT, 2):
-        raise MaskError(f"landmarks must have shape ({LANDMARK_COUNT}, 2), got {points.shape}")
-    if not np.all(np.isfinite(points)):
-        raise MaskError("landmarks contain NaN or infinite values; re-run landmark detection for this face")
+    points = check_landmarks(landmarks)
     height, width = normalize_size(size)
 
     outline = np.concatenate([points, lift_brows(points)])

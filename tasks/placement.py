@@ -18,8 +18,9 @@ import yaml
 from tasks.align import compute_alignment, warp_to_crop
 from tasks.decisions import LANDMARKS_HEADER, read_decisions_file
 from tasks.detect import DetectedFace
-from tasks.images import IMAGE_SUFFIXES, read_image
-from tasks.video import iter_frames
+from tasks.images import IMAGE_SUFFIXES
+from tasks.recrop import iter_source_frames_at
+from tasks.video import probe_video
 
 PREVIEW_HEIGHT = 512
 DETECTED_COLOUR = (0, 200, 255)  # BGR: the detector's faces
@@ -33,16 +34,12 @@ def read_source_frame(path: Path, frame_index: int) -> np.ndarray:
         tasks.video.VideoError, tasks.images.ImageError: the file cannot be read.
         ValueError: no such frame (the message says how many there are).
     """
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        if frame_index != 0:
-            raise ValueError(f"{path} is a photo: its only frame is 0, not {frame_index}")
-        return read_image(path)
-    count = 0
-    for index, _, frame in iter_frames(path, include=[frame_index], every_n=1 << 30):
-        count = index + 1
-        if index == frame_index:
-            return frame
-    raise ValueError(f"{path} has no frame {frame_index} (frames are numbered from 0; it has at least {count})")
+    if path.suffix.lower() in IMAGE_SUFFIXES and frame_index != 0:
+        raise ValueError(f"{path} is a photo: its only frame is 0, not {frame_index}")
+    for _, frame in iter_source_frames_at(path, {frame_index}):
+        return frame
+    raise ValueError(f"{path} has no frame {frame_index} (frames are numbered from 0; it has "
+                     f"{probe_video(path).frame_count})")
 
 
 def draw_face(image: np.ndarray, face: DetectedFace, colour: tuple[int, int, int], label: str) -> None:

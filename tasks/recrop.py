@@ -17,12 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
-import lance
 import numpy as np
-import pyarrow as pa
 
 from tasks.align import compute_alignment, warp_to_crop
-from tasks.faceset import FACES_SCHEMA, SETTINGS_KEY, SOURCES_KEY, create_empty_table, open_faces, read_json_metadata
+from tasks.faceset import (
+    FACES_SCHEMA,
+    SETTINGS_KEY,
+    SOURCES_KEY,
+    append_rows,
+    create_empty_table,
+    open_faces,
+    read_json_metadata,
+)
 from tasks.images import IMAGE_SUFFIXES, read_image
 from tasks.scores import score_crop
 from tasks.video import iter_frames
@@ -123,10 +129,10 @@ def sql_literal(text: str) -> str:
 
 
 def append_batch(path: Path, rows: list[dict]) -> int:
+    """Append the rows to the staging table and empty the list; returns how many there were."""
     count = len(rows)
-    if rows:
-        lance.write_dataset(pa.Table.from_pylist(rows, schema=FACES_SCHEMA), str(path), mode="append")
-        rows.clear()
+    append_rows(path, rows, FACES_SCHEMA)
+    rows.clear()
     return count
 
 

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from tasks.color import ColorTransfer, transfer_color
+from tasks.pose import pose_bins
 
 logger = logging.getLogger(__name__)
 
@@ -247,9 +248,7 @@ def yaw_balanced_weights(yaws: np.ndarray, bins: int = DEFAULT_YAW_BINS) -> np.n
     yaws = np.asarray(yaws, dtype=np.float64)
     if yaws.ndim != 1 or bins < 1:
         raise ValueError(f"yaw_balanced_weights needs (N,) yaws and bins >= 1, got {yaws.shape} and {bins}")
-    low, high = YAW_RANGE
-    position = np.nan_to_num((yaws - low) / (high - low), nan=0.5)
-    bin_of_face = np.clip((position * bins).astype(np.int64), 0, bins - 1)
+    bin_of_face = pose_bins(yaws, np.linspace(*YAW_RANGE, bins + 1))
     counts = np.bincount(bin_of_face, minlength=bins)
     return 1.0 / (counts[bin_of_face] * np.count_nonzero(counts))
 

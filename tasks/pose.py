@@ -18,8 +18,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# The one pose grid every pose histogram uses (coverage report, best-N curation, best_faces sorting,
-# uniform yaw sampling in training), so their cells mean the same thing: 10-degree cells, yaw from
+# The one pose grid every pose histogram uses (coverage report, best-N curation, best_faces sorting;
+# uniform yaw sampling bins finer with the same pose_bins), so their cells mean the same thing: 10-degree cells, yaw from
 # profile to profile, pitch over the range a face stays detectable in. Poses beyond the edges count
 # in the edge cells; a missing angle counts as frontal.
 YAW_EDGES = np.arange(-90.0, 90.1, 10.0)  # 18 cells

@@ -42,6 +42,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from flows.history import HistoryError
     from flows.params import ParamsError
     from flows.pipeline import StageFailed
+    from flows.train import TrainingProcessesFailed
     from model.checkpoint import CheckpointError
     from tasks.decisions import DecisionsError
     from tasks.detect import ModelFileError
@@ -50,13 +51,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tasks.identity import IdentityError
     from tasks.images import ImageError
     from tasks.merge import MergeError
-    from tasks.train import ConfigMismatchError, EmptyFacesetError
+    from tasks.train import EmptyFacesetError
     from tasks.train_options import TrainOptionsError
+    from tasks.train_start import ConfigMismatchError
     from tasks.video import VideoError
 
     return (ParamsError, ExtractionError, StageFailed, CheckpointError, ExportError, FacesetError, EmptyFacesetError,
             ConfigMismatchError, VideoError, ImageError, ModelFileError, DecisionsError, IdentityError,
-            FileNotFoundError, HistoryError, MergeError, TrainOptionsError)
+            FileNotFoundError, HistoryError, MergeError, TrainOptionsError, TrainingProcessesFailed)
 
 
 def run_reporting_errors(function, *args, **kwargs):

@@ -17,10 +17,18 @@ contents, and deleting it only costs the ability to resume.
 
 Writes checkpoints/<stage> (model, optimizer, discriminators, preview.png), logs/<stage>
 (TensorBoard, previews/), metrics/train/<stage>.json and the loss curve metrics/train/<stage>/losses.tsv.
+
+With ``train.runtime.processes`` above 1 the stage runs data-parallel: the flow starts that many
+processes with torchrun (``python -m flows.train STAGE ROOT`` each, rendezvous on 127.0.0.1), each
+takes its share of every batch, rank 0 writes the outputs, and the flow reads its metrics back.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -38,11 +46,13 @@ from flows.stages import (
     write_metrics,
 )
 from model.checkpoint import read_manifest
+from tasks.distributed import ProcessGroup, launch_command, read_process_group
 from tasks.faceset import open_faces
 from tasks.faceset_reader import LanceFaceset
 from tasks.holdout import split_holdout
 from tasks.selection import Selection
-from tasks.train import EmptyFacesetError, Readers, train_stage
+from tasks.train import EmptyFacesetError, Readers, process_shard, train_stage
+from tasks.train_options import check_processes
 
 RUNS_DIR = Path(".faceflow") / "runs"
 FACES_TABLE = "faces.lance"
@@ -107,15 +117,47 @@ def open_pretrain_readers(root: Path, train: TrainParams, stage: str) -> tuple[R
     return {"src": reader, "dst": reader}, ({"src": held, "dst": held} if held is not None else {})
 
 
+class TrainingProcessesFailed(RuntimeError):
+    """A data-parallel training process exited with an error (its message is in the log above)."""
+
+
 @flow(name="train", log_prints=True)
 def train_flow(stage: str, root: Path | None = None) -> dict:
     """Train one stage of the chain, starting from the previous stage's checkpoint."""
-    logger = get_run_logger()
     root = (root or Path.cwd()).resolve()
     train = load_params(root / "params.yaml").train
+    check_stage(train, stage)
+    if train.runtime.processes > 1 and not read_process_group().distributed:
+        check_processes(train.runtime)
+        process_shard(ProcessGroup(0, train.runtime.processes), train.stages[stage], stage)  # the batch splits evenly
+        return launch_training_processes(stage, root, train.runtime.processes)
+    return train_from_params(stage, root, get_run_logger())
+
+
+def check_stage(train: TrainParams, stage: str) -> None:
+    """Raise ParamsError when ``stage`` is not one of params.yaml's training stages."""
     if stage not in train.stages:
         raise ParamsError(f"train stage {stage!r} is not in params.yaml train.stages ({', '.join(train.stages)}); "
                           "run `faceflow sync` after editing the stages")
+
+
+def launch_training_processes(stage: str, root: Path, processes: int) -> dict:
+    """Run the stage in ``processes`` data-parallel processes under torchrun; rank 0's metrics."""
+    logger = get_run_logger()
+    command = launch_command(processes, __name__, [stage, str(root)])
+    logger.info("training stage %s in %d data-parallel processes: %s", stage, processes, " ".join(command))
+    result = subprocess.run(command, cwd=root, check=False)
+    if result.returncode != 0:
+        raise TrainingProcessesFailed(f"the {processes} training processes of stage {stage} failed (exit code "
+                                      f"{result.returncode}); the error is in the log above. To train in one process, "
+                                      "set train.runtime.processes: 1 in params.yaml")
+    return json.loads((root / metrics_file(stage)).read_text())
+
+
+def train_from_params(stage: str, root: Path, logger: logging.Logger | logging.LoggerAdapter) -> dict:
+    """Train the stage as params.yaml describes it, in this process (one rank of several under torchrun)."""
+    train = load_params(root / "params.yaml").train
+    check_stage(train, stage)
     options, config, previous = train.stages[stage], train.model, train.previous_stage(stage)
     if options.pretrain:
         readers, holdout = open_pretrain_readers(root, train, stage)
@@ -130,9 +172,29 @@ def train_flow(stage: str, root: Path | None = None) -> dict:
                          progress=progress_enabled(), work_dir=root / RUNS_DIR / stage, holdout=holdout,
                          runtime=train.runtime)
     metrics = {**result.metrics, "iterations": result.iterations}
+    if not read_process_group().is_main:
+        return metrics
     write_metrics(root / metrics_file(stage), metrics)
     write_loss_history(root / loss_history_file(stage), result.loss_history)
     state = read_manifest(output)["state"]
     logger.info("wrote %s (model iteration %s), %s, %s and %s", output, state.get("iteration"), logs,
                 metrics_file(stage), loss_history_file(stage))
     return metrics
+
+
+def run_training_process(arguments: list[str]) -> int:
+    """One torchrun process of a data-parallel stage: ``python -m flows.train STAGE ROOT``; the exit code."""
+    from flows.cli import user_errors
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stage, root = arguments
+    try:
+        train_from_params(stage, Path(root).resolve(), logging.getLogger(__name__))
+    except user_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_training_process(sys.argv[1:]))

@@ -274,7 +274,9 @@ def sample_batch(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw a training batch with replacement and augment each face (see ``augment_sample``).
 
-    With every option at its default the draws are those of the plain batch.
+    The faces are drawn from ``rng``; face k of the batch is augmented with the k-th of ``batch_size``
+    generators spawned from ``rng`` (``Generator.spawn``), so any part of a batch can be computed
+    without the rest (``tasks.loader`` splits a batch across data-parallel processes that way).
 
     Args:
         faces: (N, R, R, 3) uint8 faces at the model resolution.
@@ -304,13 +306,13 @@ def sample_batch(
     else:
         indices = rng.choice(len(faces), size=batch_size, p=check_probabilities(weights, len(faces)))
     samples = []
-    for index in indices:
+    for index, sample_rng in zip(indices, rng.spawn(batch_size), strict=True):
         reference = reference_mask = None
         if transfer:
-            position = int(rng.integers(0, len(color_reference)))
+            position = int(sample_rng.integers(0, len(color_reference)))
             reference = color_reference[position]
             reference_mask = None if color_reference_masks is None else color_reference_masks[position]
-        samples.append(augment_sample(faces[index], masks[index], rng, allow_flip, warp, hsv_power,
+        samples.append(augment_sample(faces[index], masks[index], sample_rng, allow_flip, warp, hsv_power,
                                       color_transfer if transfer else None, reference, reference_mask,
                                       blur_outside_mask))
     return (np.stack([sample.input for sample in samples]), np.stack([sample.target for sample in samples]),

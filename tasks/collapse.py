@@ -188,7 +188,7 @@ def roll_back(
     reason: str,
     loss: float,
     stage_name: str,
-    writer: SummaryWriter,
+    writer: SummaryWriter | None,
     networks: Networks | None = None,
 ) -> None:
     """Return to the last good copy with a lower learning rate (for the networks' optimizers too), and
@@ -217,5 +217,6 @@ def roll_back(
     message = (f"stage {stage_name} iteration {run.iteration}: {reason}; rolled back to iteration {restored} "
                f"with the learning rate lowered to {run.learning_rate:g}")
     logger.warning("%s", message)
-    writer.add_scalar("collapse/rollbacks", len(run.collapse_events), run.iteration)
-    writer.add_text("collapse", message, run.iteration)
+    if writer is not None:  # None in the processes other than rank 0
+        writer.add_scalar("collapse/rollbacks", len(run.collapse_events), run.iteration)
+        writer.add_text("collapse", message, run.iteration)

@@ -2,10 +2,11 @@
 
 Each process is started by torchrun (``launch_command`` builds the command), which sets RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. The backend is NCCL for CUDA and gloo for the
-CPU. Every rank draws its own batches (its rank is mixed into the batch seed), and
-DistributedDataParallel averages the gradients in the backward pass, so one step over N processes
-equals one single-process step on the N batches together: N GPUs train N times the faces per step
-in about the time of one. Only rank 0 writes checkpoints, logs and previews.
+CPU. Each rank computes its share of every batch (``tasks.loader.Shard``: the stage's batch size is
+the batch of all processes together, as in DeepFaceLab), and DistributedDataParallel averages the
+gradients in the backward pass, so one step over N processes equals the single-process step on the
+whole batch: N GPUs take a step in about 1/N of the time. Only rank 0 writes checkpoints, logs and
+previews.
 
 DDP needs the whole step's computation in one forward call of the wrapped module (two forwards that
 share parameters before one backward would mark them ready twice), which is why training runs its
@@ -63,15 +64,16 @@ def read_process_group(environment: Mapping[str, str] | None = None) -> ProcessG
     return group
 
 
-def start_process_group(group: ProcessGroup, device: torch.device) -> None:
-    """Join the other training processes (no-op for a single process)."""
+def start_process_group(group: ProcessGroup, device: torch.device) -> bool:
+    """Join the other training processes (no-op for a single process); True when this call joined."""
     if not group.distributed or distributed.is_initialized():
-        return
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     distributed.init_process_group(backend=backend, rank=group.rank, world_size=group.world_size)
     logger.info("rank %d of %d joined the %s process group", group.rank, group.world_size, backend)
+    return True
 
 
 def stop_process_group() -> None:
@@ -103,6 +105,29 @@ def average_across_processes(values: Mapping[str, float], group: ProcessGroup) -
     tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
     distributed.all_reduce(tensor, op=distributed.ReduceOp.SUM)
     return {name: float(value) / group.world_size for name, value in zip(names, tensor.tolist(), strict=True)}
+
+
+def average_gradients(module: nn.Module, group: ProcessGroup) -> None:
+    """Replace each parameter's gradient by its mean over all processes, in one all-reduce (for networks
+    stepped outside DistributedDataParallel, such as the discriminators)."""
+    if not group.distributed:
+        return
+    gradients = [parameter.grad for parameter in module.parameters() if parameter.grad is not None]
+    if not gradients:
+        return
+    flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+    distributed.all_reduce(flat, op=distributed.ReduceOp.SUM)
+    flat /= group.world_size
+    offset = 0
+    for gradient in gradients:
+        gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
+        offset += gradient.numel()
+
+
+def wait_for_all(group: ProcessGroup) -> None:
+    """Block until every process reaches this point (no-op for one process)."""
+    if group.distributed:
+        distributed.barrier()
 
 
 def broadcast_flag(flag: bool, group: ProcessGroup) -> bool:

@@ -7,6 +7,10 @@ with the draws ``tasks.augment.sample_batch`` makes: uniform sampling gives, fac
 ``iterate_batches`` yields those batches in step order, computed in this process or by spawned
 DataLoader workers; either way the batches are identical, so the worker count never changes a run.
 
+A data-parallel process computes only its ``Shard`` of each batch: every face has its own spawned
+generator, so shard k of N is exactly faces [k B/N, (k+1) B/N) of the whole batch, and N processes
+together train on the batch one process would: the process count never changes a run either.
+
 Batches are uint8 NHWC (a quarter of float32's bytes through the worker queues and pinned memory);
 ``batch_to_device`` turns them into the model's float32 NCHW tensors in [0, 1] on the device.
 
@@ -83,6 +87,33 @@ class BatchOptions:
 BatchSettings = BatchOptions | Mapping[str, BatchOptions]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The part of every batch one of ``count`` data-parallel processes computes: its ``index``-th equal slice."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index} of {self.count} does not exist; index must be in [0, count)")
+
+    def positions(self, batch_size: int) -> range:
+        """The batch positions of this shard.
+
+        Raises:
+            ValueError: The batch does not split evenly into ``count`` shards.
+        """
+        if batch_size % self.count:
+            raise ValueError(f"a batch of {batch_size} faces does not split evenly across {self.count} processes; "
+                             "make the batch size a multiple of the process count")
+        size = batch_size // self.count
+        return range(self.index * size, (self.index + 1) * size)
+
+
+WHOLE = Shard()
+
+
 def options_by_side(readers: Mapping[str, FacesetReader], options: BatchSettings) -> dict[str, BatchOptions]:
     """side -> its BatchOptions; raises ValueError when a mapping lacks a side of ``readers``."""
     if isinstance(options, BatchOptions):
@@ -143,8 +174,9 @@ def make_batch(
     seed: int,
     step: int,
     weights: Mapping[str, np.ndarray | None] | None = None,
+    shard: Shard = WHOLE,
 ) -> Batch:
-    """Draw and augment step ``step``'s batch of every side; a pure function of (seed, step).
+    """Draw and augment step ``step``'s batch of every side; a pure function of (seed, step, shard).
 
     Args:
         readers: side ("src", "dst") -> reader at the model resolution.
@@ -152,16 +184,17 @@ def make_batch(
         seed: The run's seed, >= 0.
         step: The model's iteration, >= 0 (``tasks.train`` counts from 1).
         weights: From ``compute_sampling_weights`` (pass them to skip recomputing); None computes them.
+        shard: Which part of each side's batch to compute (the whole batch by default).
 
     Returns:
         side -> (inputs (B, S, S, 3) transformed and, with random_warp, warped; targets (B, S, S, 3)
         transformed only; target masks (B, S, S)) and, with ``eyes_mouth``, a fourth array: the
-        eyes/mouth masks (B, S, S); all uint8.
+        eyes/mouth masks (B, S, S); all uint8. With a shard, B is the shard's share of the batch size.
 
     Raises:
-        ValueError: An unknown side, an empty faceset, a negative seed or step, or an option the
-            readers cannot serve (uniform_yaw without yaw, eyes_mouth without landmarks, a colour
-            transfer without the other side).
+        ValueError: An unknown side, an empty faceset, a negative seed or step, a batch size the
+            shard count does not divide, or an option the readers cannot serve (uniform_yaw without
+            yaw, eyes_mouth without landmarks, a colour transfer without the other side).
     """
     if seed < 0 or step < 0:
         raise ValueError(f"seed and step must be 0 or more, got seed {seed} and step {step}")
@@ -169,28 +202,32 @@ def make_batch(
     by_side = options_by_side(readers, options)
     weights = compute_sampling_weights(readers, by_side) if weights is None else weights
     rng = np.random.default_rng([seed, step])
-    return {side: draw_side(readers, side, by_side[side], weights.get(side), rng) for side in sides}
+    return {side: draw_side(readers, side, by_side[side], weights.get(side), rng, shard) for side in sides}
 
 
 def draw_side(readers: Mapping[str, FacesetReader], side: str, options: BatchOptions, weights: np.ndarray | None,
-              rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """One side's batch (see ``make_batch``), drawing from ``rng`` in ``sample_batch``'s order."""
+              rng: np.random.Generator, shard: Shard = WHOLE) -> tuple[np.ndarray, ...]:
+    """One side's batch (see ``make_batch``), drawing from ``rng`` in ``sample_batch``'s order; only the
+    shard's faces are read and augmented."""
     reader = readers[side]
     if weights is None:
         indices = rng.integers(0, len(reader), size=options.batch_size)  # as sample_batch draws them
     else:
         indices = rng.choice(len(reader), size=options.batch_size, p=weights)
+    sample_rngs = rng.spawn(options.batch_size)  # all of them, so the next side's draws do not depend on the shard
+    positions = shard.positions(options.batch_size)
+    indices = indices[positions.start:positions.stop]
     faces, masks = reader.read_many(indices)
     samples = []
-    for position, index in enumerate(indices):
+    for position, (index, sample_rng) in enumerate(zip(indices, sample_rngs[positions.start:positions.stop], strict=True)):
         reference = reference_mask = None
         if options.color_transfer != "none":
             colours = readers[other_side(side)]
-            reference, reference_mask = colours.read(int(rng.integers(0, len(colours))))
+            reference, reference_mask = colours.read(int(sample_rng.integers(0, len(colours))))
         extra = (eyes_mouth_mask(reader.landmarks[index], reader.resolution),) if options.eyes_mouth else ()
-        samples.append(augment_sample(faces[position], masks[position], rng, options.random_flip, options.random_warp,
-                                      options.hsv_power, options.color_transfer, reference, reference_mask,
-                                      options.blur_out_mask, extra))
+        samples.append(augment_sample(faces[position], masks[position], sample_rng, options.random_flip,
+                                      options.random_warp, options.hsv_power, options.color_transfer, reference,
+                                      reference_mask, options.blur_out_mask, extra))
     arrays = [np.stack([sample.input for sample in samples]), np.stack([sample.target for sample in samples]),
               np.stack([sample.target_mask for sample in samples])]
     if options.eyes_mouth:
@@ -220,12 +257,12 @@ class StepBatches(Dataset):
     """Map-style dataset: item ``step`` is that step's batch as uint8 CPU tensors."""
 
     def __init__(self, readers: Mapping[str, FacesetReader], options: BatchSettings, seed: int,
-                 weights: Mapping[str, np.ndarray | None]) -> None:
-        self.readers, self.seed, self.weights = dict(readers), seed, dict(weights)
+                 weights: Mapping[str, np.ndarray | None], shard: Shard = WHOLE) -> None:
+        self.readers, self.seed, self.weights, self.shard = dict(readers), seed, dict(weights), shard
         self.options = options_by_side(readers, options)
 
     def __getitem__(self, step: int) -> TensorBatch:
-        return batch_to_tensors(make_batch(self.readers, self.options, self.seed, step, self.weights))
+        return batch_to_tensors(make_batch(self.readers, self.options, self.seed, step, self.weights, self.shard))
 
 
 def prepare_worker(worker_id: int) -> None:
@@ -243,6 +280,7 @@ def iterate_batches(
     stop_step: int,
     workers: int = 0,
     prefetch: int = 2,
+    shard: Shard = WHOLE,
 ) -> Iterator[tuple[int, TensorBatch]]:
     """Yield (step, ``make_batch`` of that step as uint8 CPU tensors) for start_step <= step < stop_step, in order.
 
@@ -254,6 +292,7 @@ def iterate_batches(
             are identical either way. With workers, readers are pickled into each worker: use
             ``LanceFaceset`` (paths and ids) rather than a large ``ArrayFaceset``.
         prefetch: Batches each worker keeps ready ahead.
+        shard: The part of each batch to yield (a data-parallel process's share).
 
     Yields:
         (step, batch); with workers and CUDA available the tensors are in pinned memory.
@@ -266,7 +305,9 @@ def iterate_batches(
     if start_step < 0 or seed < 0:
         raise ValueError(f"seed and start_step must be 0 or more, got seed {seed} and start_step {start_step}")
     order_sides(readers)
-    dataset = StepBatches(readers, options, seed, compute_sampling_weights(readers, options))
+    for side_options in options_by_side(readers, options).values():
+        shard.positions(side_options.batch_size)  # fail here, not in a worker
+    dataset = StepBatches(readers, options, seed, compute_sampling_weights(readers, options), shard)
     steps = range(start_step, stop_step)
     if workers == 0 or not steps:
         for step in steps:

@@ -23,6 +23,10 @@ checkpoint state "collapse_events", metric "collapse_rollbacks").
 
 Every ``preview_every`` iterations and at the end, the stage renders a preview grid, scores the
 model on the held-out faces (``tasks.evaluate``) and adds a row to its loss history.
+
+Data parallel (``tasks.distributed``): started by torchrun in several processes, each process takes
+its shard of every batch, the losses the guard judges are averaged over the processes (so all of
+them roll back together), and only rank 0 writes logs, previews, snapshots and the checkpoint.
 """
 
 from __future__ import annotations
@@ -30,9 +34,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,27 +45,31 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.tensorboard import SummaryWriter
 
-from model.checkpoint import NetworkState, load_checkpoint, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
-from model.networks import SwapAutoencoder, build_model
-from tasks.collapse import CollapseGuard, capture_snapshot, restore_rng, roll_back
+from tasks.collapse import capture_snapshot, roll_back
+from tasks.distributed import (
+    ProcessGroup,
+    average_across_processes,
+    read_process_group,
+    start_process_group,
+    stop_process_group,
+)
 from tasks.evaluate import evaluate_reconstruction
-from tasks.faceset_reader import FacesetReader
-from tasks.loader import batch_to_device, iterate_batches
+from tasks.loader import Shard, batch_to_device, iterate_batches
 from tasks.preview import PREVIEW_FACES, log_preview, log_scalars, save_preview_history, select_preview_faces
-from tasks.run_state import RunProgress, checkpoint_state, compute_lineage, resume_run, save_snapshot
-from tasks.train_options import Runtime, RuntimeOptions, StageOptions, resolve_runtime
-from tasks.train_step import Batches, TrainingParts, assemble_parts, train_step
+from tasks.run_state import RunProgress, checkpoint_state, save_snapshot
+from tasks.train_options import Runtime, RuntimeOptions, StageOptions, TrainOptionsError, resolve_runtime
+from tasks.train_start import Readers, seed_everything, start_run
+from tasks.train_step import Batches, TrainingParts, train_step
 
 logger = logging.getLogger(__name__)
 
 SIDES = ("src", "dst")
 LOG_EVERY = 10  # iterations between TensorBoard scalar logs
 SMOOTHING = 0.9  # weight of the past in the exponential moving average of the losses
-LEGACY_OPTIMIZER = "adam"  # the optimizer of checkpoints that do not name theirs
 EMPTY_HINT = "add videos/photos with faces to data/raw/{side} or loosen the curate params"
 
-Readers = Mapping[str, FacesetReader]  # side -> the faces to train on (or score on)
 BatchHook = Callable[[int, Batches], Batches]
 
 
@@ -73,10 +80,6 @@ class EmptyFacesetError(ValueError):
         self.side = side
         self.hint = hint
         super().__init__(f"no {side} faces to train on: {hint}")
-
-
-class ConfigMismatchError(ValueError):
-    """The init checkpoint was trained with another model config than the stage asks for."""
 
 
 @dataclass
@@ -100,17 +103,6 @@ class StageResult:
     loss_history: list[dict[str, float]] = field(default_factory=list)
 
 
-@dataclass
-class StartPoint:
-    """Where a stage that does not resume its own run starts: a new model or an earlier stage's checkpoint."""
-
-    model: SwapAutoencoder
-    optimizer_state: dict | None
-    networks: dict[str, NetworkState]
-    iteration: int
-    history: list[str]
-
-
 def check_readers(readers: Readers, resolution: int) -> None:
     """Raise EmptyFacesetError for a side with no faces, ValueError for a missing side or a reader at
     another resolution than the model's."""
@@ -124,66 +116,16 @@ def check_readers(readers: Readers, resolution: int) -> None:
                              f"is {resolution}; build the reader at the model resolution")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's global and torch's RNGs (network initialisation uses torch's)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def load_start(config: ModelConfig, options: StageOptions, init_checkpoint: Path | None,
-               device: torch.device) -> StartPoint:
-    """The model (new, or the init checkpoint's) and what of its training state carries over.
-
-    The optimizer state carries over unless ``reset_inter`` or the checkpoint used another optimizer;
-    the checkpoint's discriminators are offered to the stage (see ``assemble_parts``).
-
-    Raises:
-        ConfigMismatchError: The init checkpoint's config differs from ``config``.
-        CheckpointError: The init checkpoint is missing or damaged.
-    """
-    if init_checkpoint is None:
-        if options.reset_inter:
-            logger.info("reset_inter has no effect on a new model: its inter is freshly initialised anyway")
-        return StartPoint(build_model(config), None, {}, 0, [])
-    checkpoint = load_checkpoint(init_checkpoint, device=str(device))
-    if checkpoint.config != config:
-        raise ConfigMismatchError(
-            f"init checkpoint {init_checkpoint} was trained with {checkpoint.config}, but this stage asks for "
-            f"{config}; make the stage's model params match the checkpoint or train without init_checkpoint")
-    optimizer_state = checkpoint.optimizer_state
-    saved_optimizer = checkpoint.state.get("optimizer", LEGACY_OPTIMIZER)
-    if options.reset_inter:
-        logger.info("re-initialising the inter layers of %s; the optimizers start fresh", init_checkpoint)
-        checkpoint.model.reset_inter()
-        optimizer_state = None
-    elif optimizer_state is not None and saved_optimizer != options.optimizer:
-        logger.info("%s was trained with %s, this stage uses %s: its optimizers start fresh", init_checkpoint,
-                    saved_optimizer, options.optimizer)
-        optimizer_state = None
-    return StartPoint(checkpoint.model, optimizer_state, checkpoint.networks, int(checkpoint.state.get("iteration", 0)),
-                      list(checkpoint.state.get("history", [])))
-
-
-def start_run(readers: Readers, config: ModelConfig, options: StageOptions, stage_name: str,
-              init_checkpoint: Path | None, work_dir: Path | None, runtime: Runtime) -> tuple[TrainingParts, RunProgress]:
-    """Resume the newest sound work-dir checkpoint of this run's lineage, or start the stage afresh."""
-    lineage = compute_lineage(stage_name, config, options, init_checkpoint, [readers[side].fingerprint() for side in SIDES])
-    if work_dir is not None:
-        resumed = resume_run(work_dir, lineage, options.iterations, runtime.device)
-        if resumed is not None:
-            checkpoint, run = resumed
-            parts = assemble_parts(checkpoint.model, config, options, runtime, run.learning_rate,
-                                   checkpoint.optimizer_state, checkpoint.networks, resuming=True)
-            restore_rng(checkpoint.training_tensors)  # after building the networks, which draw from it
-            return parts, run
-    start = load_start(config, options, init_checkpoint, runtime.device)
-    parts = assemble_parts(start.model, config, options, runtime, options.learning_rate, start.optimizer_state,
-                           start.networks, resuming=False)
-    run = RunProgress(lineage=lineage, start_iteration=start.iteration, stage_iteration=0,
-                      learning_rate=options.learning_rate, history=start.history,
-                      guard=CollapseGuard(options.collapse_factor))
-    return parts, run
+def process_shard(group: ProcessGroup, options: StageOptions, stage_name: str) -> Shard:
+    """This process's share of every batch; TrainOptionsError when the batch does not split evenly."""
+    shard = Shard(group.rank, group.world_size)
+    try:
+        shard.positions(options.batch_size)
+    except ValueError:
+        raise TrainOptionsError(f"train.stages.{stage_name}.batch_size {options.batch_size} does not split evenly across "
+                                f"{group.world_size} training processes; make it a multiple of train.runtime.processes"
+                                ) from None
+    return shard
 
 
 def read_all(readers: Readers | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -270,12 +212,28 @@ def train_stage(
     """
     check_readers(readers, config.resolution)
     options.check_fits(config)
-    resolved = resolve_runtime(runtime)
+    group = read_process_group()
+    resolved = resolve_runtime(runtime, group)
+    shard = process_shard(group, options, stage_name)
     output_dir, log_dir = Path(output_dir), Path(log_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    joined = start_process_group(group, resolved.device)
+    try:
+        return run_stage(readers, config, options, stage_name, output_dir, log_dir, init_checkpoint,
+                         progress and group.is_main, work_dir, batch_hook, holdout, resolved, shard)
+    finally:
+        if joined:
+            stop_process_group()
+
+
+def run_stage(readers: Readers, config: ModelConfig, options: StageOptions, stage_name: str, output_dir: Path,
+              log_dir: Path, init_checkpoint: Path | None, progress: bool, work_dir: Path | None,
+              batch_hook: BatchHook | None, holdout: Readers | None, resolved: Runtime, shard: Shard) -> StageResult:
+    """``train_stage`` in this process, once the runtime and the process group are set up."""
+    main = resolved.group.is_main
     seed_everything(options.seed)
     parts, run = start_run(readers, config, options, stage_name, init_checkpoint, work_dir, resolved)
-    held_out = read_all(holdout)
+    held_out = read_all(holdout) if main else {}
     preview_faces = {side: select_preview_faces(readers[side].read_many(range(min(PREVIEW_FACES, len(readers[side]))))[0],
                                                 config.resolution) for side in SIDES}
     resumed_at = run.stage_iteration
@@ -288,10 +246,11 @@ def train_stage(
     good, pending = capture_snapshot(parts.model, parts.optimizer, run.to_state(), parts.networks), None
     window_seconds, window_iterations = 0.0, 0
     # Events a killed run logged past the resume point are superseded by the ones logged again.
-    writer = SummaryWriter(log_dir=str(log_dir), purge_step=run.iteration + 1 if resumed_at else None)
+    writer = SummaryWriter(log_dir=str(log_dir), purge_step=run.iteration + 1 if resumed_at else None) if main else None
     batches = iterate_batches(readers, options.batch_options(), options.seed, run.iteration + 1,
-                              run.start_iteration + options.iterations + 1, resolved.workers)
+                              run.start_iteration + options.iterations + 1, resolved.workers, shard=shard)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    grid, scores = None, {}
     try:
         with Progress(*columns, disable=not progress) as bar, contextlib.closing(batches):
             task = bar.add_task(f"train {stage_name}", total=options.iterations, completed=resumed_at)
@@ -302,7 +261,8 @@ def train_stage(
                 batch = move_batch(batch, resolved)
                 if batch_hook is not None:
                     batch = batch_hook(step, batch)
-                values = train_step(parts, batch, options, resolved)
+                # every process judges the same mean losses, so they all roll back together
+                values = average_across_processes(train_step(parts, batch, options, resolved), resolved.group)
                 elapsed = time.perf_counter() - started
                 run.stage_iteration = local_iteration
                 run.stage_seconds += elapsed
@@ -318,30 +278,27 @@ def train_stage(
                                     for name, value in values.items()}  # the first value starts the average
                     if pending is not None:  # this loss shows the weights copied one step ago healthy
                         good, pending = pending, None
-                        if work_dir is not None:
+                        if work_dir is not None and main:
                             save_snapshot(work_dir, good, config, stage_name, options)
-                if local_iteration % LOG_EVERY == 0 or local_iteration == options.iterations:
+                if main and (local_iteration % LOG_EVERY == 0 or local_iteration == options.iterations):
                     log_scalars(writer, values, run.learning_rate, 1000 * window_seconds / window_iterations, step)
                     window_seconds, window_iterations = 0.0, 0
-                if local_iteration % options.preview_every == 0 and local_iteration != options.iterations:
+                if main and local_iteration % options.preview_every == 0 and local_iteration != options.iterations:
                     record_progress(parts, run, writer, preview_faces, held_out, log_dir / "previews")
                 if reason is None and local_iteration % options.save_every == 0 and local_iteration < options.iterations:
                     pending = capture_snapshot(parts.model, parts.optimizer, run.to_state(), parts.networks)
                 bar.update(task, advance=1,
                            description=f"train {stage_name} loss {run.smoothed.get('total', math.nan):.4f}")
-        grid, scores = record_progress(parts, run, writer, preview_faces, held_out, log_dir / "previews")
+        if main:
+            grid, scores = record_progress(parts, run, writer, preview_faces, held_out, log_dir / "previews")
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
     preview_path = output_dir / "preview.png"
-    if not cv2.imwrite(str(preview_path), grid):
-        raise OSError(f"could not write the preview image {preview_path}; check that the directory is writable")
-    final = run.to_state()
-    save_checkpoint(output_dir, parts.model, config, checkpoint_state(final, stage_name, options), parts.optimizer,
-                    networks=parts.network_states())
-    if work_dir is not None and resumed_at < options.iterations:  # where a run with more iterations goes on
-        save_snapshot(work_dir, capture_snapshot(parts.model, parts.optimizer, final, parts.networks), config,
-                      stage_name, options)
+    if main:
+        write_stage_outputs(parts, run, grid, preview_path, config, stage_name, options,
+                            work_dir if resumed_at < options.iterations else None)
     metrics = {**run.smoothed, **scores}
     metrics["ms_per_iteration"] = 1000 * run.stage_seconds / options.iterations
     metrics["collapse_rollbacks"] = len(run.collapse_events)
@@ -350,3 +307,16 @@ def train_stage(
                 metrics["ms_per_iteration"], len(run.collapse_events))
     return StageResult(iterations=run.iteration, metrics=metrics, preview_path=preview_path,
                        loss_history=list(run.loss_history))
+
+
+def write_stage_outputs(parts: TrainingParts, run: RunProgress, grid: np.ndarray, preview_path: Path,
+                        config: ModelConfig, stage_name: str, options: StageOptions, work_dir: Path | None) -> None:
+    """The preview image, the stage's checkpoint and, with a work dir, the snapshot a run with more iterations goes on from."""
+    if not cv2.imwrite(str(preview_path), grid):
+        raise OSError(f"could not write the preview image {preview_path}; check that the directory is writable")
+    final = run.to_state()
+    save_checkpoint(preview_path.parent, parts.model, config, checkpoint_state(final, stage_name, options),
+                    parts.optimizer, networks=parts.network_states())
+    if work_dir is not None:
+        save_snapshot(work_dir, capture_snapshot(parts.model, parts.optimizer, final, parts.networks), config,
+                      stage_name, options)

@@ -19,6 +19,7 @@ from pydantic import ConfigDict, with_config
 from model.config import ModelConfig
 from model.optimizers import OptimizerName
 from tasks.color import ColorTransfer
+from tasks.distributed import ProcessGroup, process_device
 from tasks.loader import BatchOptions
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,9 @@ class RuntimeOptions:
             CPU and Triton on CUDA; the first steps are slow while it compiles).
         workers: Loader processes that prepare batches ahead of the training step; 0 prepares them
             in the training process. The batches are the same whatever the count.
+        processes: Data-parallel training processes (``tasks.distributed``): one per GPU; each takes
+            an equal share of every batch, so the stage's batch_size must be a multiple of it. The
+            result is the same whatever the count; on the CPU more processes only split its cores.
     """
 
     device: DeviceChoice = "auto"
@@ -201,12 +205,14 @@ class RuntimeOptions:
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
     workers: int = 1
+    processes: int = 1
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, get_args(DeviceChoice), "train.runtime")
         check_choice("precision", self.precision, get_args(PrecisionChoice), "train.runtime")
         check_choice("channels_last", self.channels_last, (True, False, "auto"), "train.runtime")
         check_range("workers", self.workers, 0, section="train.runtime")
+        check_range("processes", self.processes, 1, section="train.runtime")
 
 
 @dataclass(frozen=True)
@@ -219,6 +225,7 @@ class Runtime:
         channels_last: Whether networks and batches use the NHWC layout.
         compile: Whether the training forward pass is compiled.
         workers: Loader processes.
+        group: This process's place among the data-parallel training processes.
     """
 
     device: torch.device
@@ -226,10 +233,20 @@ class Runtime:
     channels_last: bool
     compile: bool
     workers: int
+    group: ProcessGroup = ProcessGroup()
 
 
-def resolve_runtime(options: RuntimeOptions) -> Runtime:
-    """Decide the device, precision and layout "auto" stands for here.
+def check_processes(options: RuntimeOptions) -> None:
+    """Raise TrainOptionsError when there are more CUDA training processes than GPUs."""
+    if options.processes > 1 and options.device != "cpu" and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if options.processes > gpus:
+            raise TrainOptionsError(f"train.runtime.processes is {options.processes} but torch sees {gpus} GPU(s) here; "
+                                    f"set it to at most {gpus} (one process per GPU)")
+
+
+def resolve_runtime(options: RuntimeOptions, group: ProcessGroup = ProcessGroup()) -> Runtime:
+    """Decide the device, precision and layout "auto" stands for here, for the process ``group`` places.
 
     Raises:
         TrainOptionsError: CUDA or bf16 is asked for where it is not available, or compile where no
@@ -249,7 +266,8 @@ def resolve_runtime(options: RuntimeOptions) -> Runtime:
         raise TrainOptionsError("train.runtime.compile is true but no C++ compiler (cc, gcc, g++ or clang) was found "
                                 "for torch.compile on the CPU; install one or set compile: false")
     channels_last = device.type == "cuda" if options.channels_last == "auto" else bool(options.channels_last)
-    runtime = Runtime(device, torch.bfloat16 if use_bf16 else None, channels_last, options.compile, options.workers)
+    device = process_device(group, device)
+    runtime = Runtime(device, torch.bfloat16 if use_bf16 else None, channels_last, options.compile, options.workers, group)
     logger.info("training on %s, %s, %s layout%s, %d loader workers", device, "bf16 autocast" if use_bf16 else "fp32",
                 "channels-last" if channels_last else "NCHW", ", compiled" if options.compile else "", options.workers)
     return runtime

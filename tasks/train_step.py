@@ -3,7 +3,9 @@
 Per step: one forward pass of ``model.training_pass.TrainingPass`` (both sides, the swap when a
 style loss needs it, the discriminators' verdicts on the src side), the generator losses from its
 outputs, one optimizer step of the autoencoder; then, on the detached outputs, one step of each
-discriminator with its own optimizer (DeepFaceLab's alternating updates).
+discriminator with its own optimizer (DeepFaceLab's alternating updates). With several data-parallel
+processes the forward module is wrapped in DistributedDataParallel and the discriminators' gradients
+are averaged before their steps, so every process takes the same step.
 
 Generator losses, by side (each side's "<side>_total" is the sum of its terms, "total" of both):
     <side>_dssim, <side>_mse, <side>_mask   reconstruction (model.losses.reconstruction_loss)
@@ -41,6 +43,7 @@ from model.networks import SwapAutoencoder
 from model.optimizers import build_optimizer
 from model.training_pass import TrainingOutputs, TrainingPass
 from tasks.collapse import set_learning_rate
+from tasks.distributed import average_gradients, wrap_module
 from tasks.train_options import Runtime, StageOptions
 
 logger = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ class TrainingParts:
         optimizer: Its optimizer.
         networks: Name (CODE_DISCRIMINATOR, PATCH_DISCRIMINATOR) -> (discriminator, its optimizer),
             only those the stage's options use.
-        training_pass: The forward module (a ``TrainingPass`` over them, compiled with runtime.compile).
+        training_pass: The forward module (a ``TrainingPass`` over them; DDP-wrapped across processes, compiled
+            with runtime.compile).
     """
 
     model: SwapAutoencoder
@@ -143,6 +147,7 @@ def assemble_parts(
                                             networks.get(PATCH_DISCRIMINATOR, (None,))[0])
     if runtime.channels_last:
         training_pass = training_pass.to(memory_format=torch.channels_last)
+    training_pass = wrap_module(training_pass, runtime.group, device)  # DDP when there are several processes
     if runtime.compile:
         training_pass = torch.compile(training_pass)
     parts = TrainingParts(model, optimizer, networks, training_pass)
@@ -207,6 +212,7 @@ def train_code_discriminator(network: nn.Module, optimizer: torch.optim.Optimize
         real, fake = network(outputs.dst.code.detach()), network(outputs.src.code.detach())
     loss = discriminator_gan_loss(real.float(), fake.float())
     loss.backward()
+    average_gradients(network, runtime.group)
     optimizer.step()
     return loss.detach()
 
@@ -222,6 +228,7 @@ def train_patch_discriminator(network: nn.Module, optimizer: torch.optim.Optimiz
     loss = (discriminator_gan_loss(real.patches.float(), fake.patches.float())
             + discriminator_gan_loss(real.pixels.float(), fake.pixels.float()))
     loss.backward()
+    average_gradients(network, runtime.group)
     optimizer.step()
     return loss.detach()
 

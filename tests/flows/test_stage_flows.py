@@ -19,6 +19,7 @@ from tasks.faceset import open_faces, open_masks
 from tasks.holdout import split_holdout
 from tasks.selection import Selection
 from tasks.train import EmptyFacesetError
+from tasks.train_options import TrainOptionsError
 from tests.flows.project import TINY_PARAMS, set_params
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -113,6 +114,16 @@ def test_training_reads_reframed_faces_holds_some_out_and_writes_its_metrics(pro
     (project / loss_history_file("warp")).unlink()
     assert train_flow("warp", project)["score"] == pytest.approx(metrics["score"])
     assert [row["iteration"] for row in read_loss_history(project / loss_history_file("warp"))] == [3, 6]
+    # Two more iterations in 2 data-parallel processes (torchrun, gloo): they go on from the run's snapshot,
+    # rank 0 writes the outputs and the flow reports its metrics.
+    set_params(project, {("train", "runtime", "processes"): 2, ("train", "stages", "warp", "iterations"): 8})
+    metrics = train_flow("warp", project)
+    assert metrics["iterations"] == 8 and 0 < metrics["score"] < 1
+    assert load_checkpoint(project / "checkpoints" / "warp").state["iteration"] == 8
+    assert [row["iteration"] for row in read_loss_history(project / loss_history_file("warp"))] == [3, 6, 8]
+    set_params(project, {("train", "stages", "warp", "batch_size"): 3})
+    with pytest.raises(TrainOptionsError, match=r"batch_size 3 does not split evenly across 2 .*train\.runtime\.processes"):
+        train_flow("warp", project)
 
 
 def test_a_pretraining_stage_trains_both_sides_on_the_generic_faceset(project, media_dir, tmp_path):

@@ -238,10 +238,11 @@ def test_sample_batch_defaults_keep_the_plain_draw_order(face: np.ndarray) -> No
     masks = np.stack([central_mask(32)] * 2)
     inputs, targets, _ = sample_batch(faces, masks, np.random.default_rng(8), batch_size=3)
     rng = np.random.default_rng(8)
-    for index, input_image, target in zip(rng.integers(0, 2, size=3), inputs, targets, strict=True):
-        expected_target = apply_transform(faces[index], random_transform_params(rng, 32), 32)
+    indices = rng.integers(0, 2, size=3)
+    for index, sample_rng, input_image, target in zip(indices, rng.spawn(3), inputs, targets, strict=True):
+        expected_target = apply_transform(faces[index], random_transform_params(sample_rng, 32), 32)
         np.testing.assert_array_equal(target, expected_target)
-        np.testing.assert_array_equal(input_image, random_warp(expected_target, rng))
+        np.testing.assert_array_equal(input_image, random_warp(expected_target, sample_rng))
 
 
 def test_sample_batch_hsv_and_blur_change_only_their_part(colour_faces) -> None:

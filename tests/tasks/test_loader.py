@@ -18,6 +18,7 @@ from tasks.faceset_reader import ArrayFaceset, LanceFaceset
 from tasks.images import read_image
 from tasks.loader import (
     BatchOptions,
+    Shard,
     batch_to_device,
     compute_sampling_weights,
     iterate_batches,
@@ -126,6 +127,25 @@ def test_workers_give_the_same_batches_as_in_process(tables) -> None:
         for side in ("src", "dst"):
             assert all(bool((a == b).all()) for a, b in zip(made[side], expected[side], strict=True))
     assert not bool((in_process[0][1]["src"][0] == in_process[1][1]["src"][0]).all())
+
+
+def test_shards_of_a_batch_are_its_slices_in_order(tables) -> None:
+    faces_path, masks_path, _ = tables
+    faces, masks = load_side(faces_path, masks_path, None, 64)
+    readers = {"src": ArrayFaceset(faces, masks), "dst": ArrayFaceset(faces[5:], masks[5:])}
+    options = BatchOptions(batch_size=4, color_transfer="rct", hsv_power=0.2)
+    whole = make_batch(readers, {"src": options, "dst": BatchOptions(batch_size=4)}, seed=2, step=9)
+    parts = [make_batch(readers, {"src": options, "dst": BatchOptions(batch_size=4)}, seed=2, step=9, shard=Shard(k, 2))
+             for k in range(2)]
+    for side in ("src", "dst"):
+        for array, first, second in zip(whole[side], parts[0][side], parts[1][side], strict=True):
+            assert first.shape[0] == second.shape[0] == 2
+            np.testing.assert_array_equal(np.concatenate([first, second]), array)
+    assert not np.array_equal(parts[0]["src"][1], parts[1]["src"][1])
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        next(iterate_batches(readers, BatchOptions(batch_size=3), seed=2, start_step=1, stop_step=2, shard=Shard(1, 2)))
+    with pytest.raises(ValueError, match="does not exist"):
+        Shard(2, 2)
 
 
 def test_uniform_yaw_draws_each_yaw_bin_equally() -> None:

@@ -15,7 +15,8 @@ from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from tasks.faceset_reader import ArrayFaceset
 from tasks.preview import save_preview_history
-from tasks.train import ConfigMismatchError, EmptyFacesetError, train_stage
+from tasks.train import EmptyFacesetError, train_stage
+from tasks.train_start import ConfigMismatchError
 from tasks.train_options import StageOptions
 from tests.tasks.test_train_resume import RUNTIME, TINY, load_faces
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from model.config import ModelConfig
-from model.networks import Upscale
+from model.blocks import Upscale
 
 DISCRIMINATOR_SLOPE = 0.2
 CODE_DISCRIMINATOR_DIMS = 256  # DeepFaceLab's width for the true-face discriminator

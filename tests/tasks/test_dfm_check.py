@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from tasks.dfm_check import (DEFAULT_MORPH_VALUE, DFM_INPUT_NAME, DFM_OUTPUT_NAMES, MORPH_INPUT_NAME, DfmError,
-                             check_dfm, check_dfm_graph, explain_unreadable_onnx)
+                             check_dfm, check_dfm_graph)
+from tasks.onnx_damage import explain_unreadable_onnx
 
 SIZE = 8
 

@@ -9,7 +9,6 @@ import subprocess
 from dataclasses import replace
 
 import pytest
-import torch
 
 from model.checkpoint import load_checkpoint
 from model.networks import build_model

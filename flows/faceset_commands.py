@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from flows.params import SIDES, load_params
+from flows.pretrain_faceset import pretrain_command
 from flows.stages import faces_table
 from tasks.contact_sheet import save_contact_sheet
 from tasks.decisions import DecisionsError, load_landmark_overrides, load_rejects, save_rejects
@@ -33,7 +34,9 @@ from tasks.sort_images import read_crops
 
 logger = logging.getLogger(__name__)
 
-faceset_app = typer.Typer(help="Inspect a faceset: sort it and review the order as contact sheets.", no_args_is_help=True)
+faceset_app = typer.Typer(help="Inspect a faceset (sort, review, place faces) and build a pretraining faceset.",
+                          no_args_is_help=True)
+faceset_app.command("pretrain")(pretrain_command)
 
 REVIEW_DIR = Path("review")  # contact sheets for people to look at; not a pipeline output
 SHOWN_AT_EACH_END = 5

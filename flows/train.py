@@ -101,14 +101,14 @@ def open_pretrain_readers(root: Path, train: TrainParams, stage: str) -> tuple[R
     """
     if train.pretrain_faceset is None:
         raise ParamsError(f"train stage {stage} has pretrain: true but train.pretrain_faceset is not set in params.yaml; "
-                          f"set it to a folder holding a {FACES_TABLE} of many people's faces made by faceflow's "
-                          "extraction (tasks.extract.extract_folder on a folder of photos or videos), or set "
+                          f"set it to a folder holding a {FACES_TABLE} of many people's faces (build one with "
+                          "`faceflow faceset pretrain FOLDER` from a folder of their photos or videos), or set "
                           f"train.stages.{stage}.pretrain: false")
     folder = (root / train.pretrain_faceset).resolve()
     faces = folder / FACES_TABLE
     if not faces.is_dir():
         raise ParamsError(f"train.pretrain_faceset {train.pretrain_faceset}: {faces} not found; point it at a folder "
-                          f"holding a {FACES_TABLE} made by faceflow's extraction (tasks.extract.extract_folder)")
+                          f"holding a {FACES_TABLE} made by `faceflow faceset pretrain FOLDER`")
     masks = folder / MASKS_TABLE if (folder / MASKS_TABLE).is_dir() else None  # None: landmark hull masks
     face_ids = open_faces(faces).to_table(columns=["face_id"])["face_id"].to_pylist()
     if not face_ids:

@@ -26,10 +26,12 @@ from flows.params import load_params  # noqa: E402
 from tasks.extract import create_face_analyzer, extract_source, plan_extraction, settings_fingerprint  # noqa: E402
 from tasks.faceset import finalize_table  # noqa: E402
 from tasks.mask_table import build_masks  # noqa: E402
-from tasks.merge import FaceSwapper, render_video  # noqa: E402
+from tasks.merge import FaceSwapper, MergeOptions, render_video  # noqa: E402
+from tasks.merge_sinks import open_frame_sink  # noqa: E402
 from tasks.faceset_reader import LanceFaceset  # noqa: E402
 from tasks.train import train_stage  # noqa: E402
-from tasks.video import VideoWriter, iter_frames, probe_video  # noqa: E402
+from tasks.video import iter_frames, probe_video  # noqa: E402
+from tasks.watermark import encode_payload  # noqa: E402
 
 CLIPS = {"src": ROOT / "data/demo/src_pexels_8136210.mp4", "dst": ROOT / "data/demo/dst_pexels_7154235.mp4"}
 
@@ -44,10 +46,11 @@ def decode_only(path: Path, every_n: int = 1, fps: float | None = None) -> int:
     return sum(1 for _ in iter_frames(path, every_n=every_n, fps=fps))
 
 
-def decode_encode_only(path: Path, output: Path) -> int:
+def decode_encode_only(path: Path, output: Path, options: MergeOptions) -> int:
+    """Decode and encode every frame with the render's own writer and encoder settings."""
     info = probe_video(path)
     count = 0
-    with VideoWriter(output, info.width, info.height, info.fps, audio_from=path) as writer:
+    with open_frame_sink(output, info, options.codec, options.crf, 0, {}, options.preset) as writer:
         for _, _, frame in iter_frames(path):
             writer.write(frame)
             count += 1
@@ -89,11 +92,13 @@ def benchmark_training(work: Path, params, iterations: int) -> Path:
 
 
 def benchmark_merge(work: Path, params, checkpoint: Path) -> None:
-    print("== merge (swap + RCT + blend + H.264 encode) ==")
+    print("== merge (swap + RCT + blend + watermark + H.264 encode; benchmarks/merge_speed.py has 720p and a profile) ==")
     clip = CLIPS["dst"]
-    frames, baseline_seconds = timed(decode_encode_only, clip, work / "baseline.mp4")
-    swapper = FaceSwapper.from_checkpoint(checkpoint)
-    report, merge_seconds = timed(render_video, clip, work / "dst/faces.lance", swapper, work / "merged.mp4", params.merge, {})
+    frames, baseline_seconds = timed(decode_encode_only, clip, work / "baseline.mp4", params.merge)
+    swapper = FaceSwapper.from_checkpoint(checkpoint).with_precision(params.merge.precision)
+    watermark = encode_payload(0) if params.merge.label_synthetic else None  # every frame is marked, as in the merge stage
+    report, merge_seconds = timed(render_video, clip, work / "dst/faces.lance", swapper, work / "merged.mp4", params.merge, {},
+                                  watermark=watermark)
     baseline_fps, merge_fps = frames / baseline_seconds, report.frames / merge_seconds
     print(f"dst {probe_video(clip).width}x{probe_video(clip).height}, {report.frames} frames | decode+encode only "
           f"{baseline_fps:7.1f} frames/s | merge {merge_fps:6.1f} frames/s | merge/baseline = {merge_fps / baseline_fps:.3f}")

@@ -13,15 +13,22 @@ from rich.markup import escape
 
 from flows.dfm_commands import dfm_app
 from flows.faceset_commands import faceset_app
-from flows.merge_preview import preview_command
+from flows.live_command import live_command
+from flows.merge_preview import merge_command, preview_command
 from flows.params import SIDES, Side
+from flows.verify_command import verify_command
+from flows.xseg_commands import xseg_app
 
 app = typer.Typer(help="faceflow: a reproducible face-swap pipeline (DVC + Prefect).", no_args_is_help=True)
 stage_app = typer.Typer(help="Run one pipeline stage (what dvc.yaml's commands call).", no_args_is_help=True)
 app.add_typer(stage_app, name="stage")
 app.add_typer(faceset_app, name="faceset")
 app.add_typer(dfm_app, name="dfm")
+app.add_typer(xseg_app, name="xseg")
 app.command("merge-preview")(preview_command)
+app.command("merge")(merge_command)
+app.command("live")(live_command)
+app.command("verify")(verify_command)
 console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project folder (holds params.yaml).")]
@@ -97,6 +104,14 @@ def stage_coverage(root: Root = Path(".")) -> None:
     from flows.coverage import coverage_flow
 
     run_reporting_errors(coverage_flow, root.resolve())
+
+
+@stage_app.command("xseg")
+def stage_xseg(root: Root = Path(".")) -> None:
+    """xseg: labelled faces of both sides -> checkpoints/xseg (untrained marker when there are no labels)."""
+    from flows.xseg import xseg_flow
+
+    run_reporting_errors(xseg_flow, root.resolve())
 
 
 @stage_app.command("mask")

@@ -1,4 +1,8 @@
-"""export: the final model as a DeepFaceLive .dfm, checked with ONNX Runtime on real dst faces against torch."""
+"""export: the final model as a DeepFaceLive .dfm, and a trained XSeg as exports/xseg.onnx.
+
+Each file is checked with ONNX Runtime on real dst faces against torch before it is written. With no
+trained XSeg (no labels yet, see flows/xseg.py) only the .dfm is written.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,52 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from flows.params import load_params
-from flows.stages import checkpoint_dir, write_metrics
+from flows.stages import XSEG_CHECKPOINT, checkpoint_dir, write_metrics
 from model.checkpoint import load_checkpoint
-from model.config import ModelConfig
+from model.config import FaceType, ModelConfig
+from model.xseg import is_trained, load_xseg
 from tasks.dfm_check import DfmError
 from tasks.export import export_dfm, load_face_crops
 from tasks.images import ImageError, list_media
 from tasks.video import VideoError
+from tasks.xseg_export import export_xseg_onnx
 
 DST_MEDIA = "data/raw/dst"
 CHECK_FACES = 4
+XSEG_ONNX = "xseg.onnx"
 
 
-def load_check_faces(root: Path, config: ModelConfig) -> np.ndarray | None:
-    """Aligned dst faces (what the .dfm will swap) to check the export on; None, with a warning, when there are none."""
+def load_check_faces(root: Path, config: ModelConfig | None = None, face_type: FaceType | None = None,
+                     resolution: int | None = None) -> np.ndarray | None:
+    """Aligned dst faces (what the file will see) to check an export on; None, with a warning, when there are none.
+
+    The framing and size are the model config's, or ``face_type`` and ``resolution`` when given.
+    """
     logger = get_run_logger()
+    face_type = face_type or config.face_type
+    resolution = resolution or config.resolution
     try:
         videos, photos = list_media(root / DST_MEDIA)
-        return load_face_crops([*photos, *videos], config.face_type, config.resolution, CHECK_FACES)
+        return load_face_crops([*photos, *videos], face_type, resolution, CHECK_FACES)
     except (DfmError, ImageError, VideoError) as error:
         logger.warning("checking the export on seeded noise instead of dst faces: %s", error)
         return None
+
+
+def export_xseg(root: Path, exports: Path) -> dict:
+    """exports/xseg.onnx when the xseg stage trained a network; its metrics (``xseg_exported`` false when not)."""
+    logger = get_run_logger()
+    directory = root / XSEG_CHECKPOINT
+    if not is_trained(directory):
+        logger.info("no trained XSeg in %s: %s not written", directory, XSEG_ONNX)
+        return {"xseg_exported": False}
+    model = load_xseg(directory).model
+    faces = load_check_faces(root, face_type=model.config.face_type, resolution=model.config.resolution)
+    report = export_xseg_onnx(model, exports / XSEG_ONNX, faces=faces)
+    logger.info("wrote %s (%d bytes, max |onnx - torch| = %.2e on %d %s faces)", report.path, report.file_bytes,
+                report.max_abs_diff, report.face_count, "real" if report.real_faces else "noise")
+    return {"xseg_exported": True, "xseg_max_abs_diff": report.max_abs_diff, "xseg_bytes": report.file_bytes,
+            "xseg_milliseconds_per_face": round(report.milliseconds_per_face, 3)}
 
 
 @flow(name="export", log_prints=True)
@@ -51,6 +80,6 @@ def export_flow(root: Path | None = None) -> dict:
                 "real" if report.real_faces else "noise", report.milliseconds_per_face)
     metrics = {"resolution": report.resolution, "fp16": fp16, "max_abs_diff": report.max_abs_diff,
                "bytes": report.file_bytes, "milliseconds_per_face": round(report.milliseconds_per_face, 3),
-               "check_faces": report.face_count if report.real_faces else 0}
+               "check_faces": report.face_count if report.real_faces else 0, **export_xseg(root, exports)}
     write_metrics(root / "metrics" / "export.json", metrics)
     return {"dfm": str(report.path), **metrics}

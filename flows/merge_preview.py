@@ -1,4 +1,5 @@
-"""`faceflow merge-preview --frame N [--set key=value ...]`: try merge settings on one frame in seconds.
+"""`faceflow merge --preview N [--set key=value ...]` (or `faceflow merge-preview --frame N`): try merge settings on
+one frame in seconds; `faceflow merge` alone runs the merge stage.
 
 Renders the dst frame beside its swap (review/merge-preview-<N>.png) with the final training stage's
 checkpoint and the dst faces table, using params.yaml's ``merge`` section with ``--set`` overrides
@@ -19,12 +20,21 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from flows.params import Params, ParamsError, load_params
-from flows.stages import checkpoint_dir, faces_table, selection_file
+from flows.stages import XSEG_CHECKPOINT, checkpoint_dir, faces_table, selection_file
 from model.checkpoint import CheckpointError
 from tasks.contact_sheet import write_png
 from tasks.faceset import FacesetError, hash_file
 from tasks.images import ImageError, list_media
-from tasks.merge import FaceSwapper, FrameMerger, MergeError, MergeOptions, check_face_type, load_dst_faces, read_other_people
+from tasks.merge import (
+    FaceSwapper,
+    FrameMerger,
+    MergeError,
+    MergeOptions,
+    check_face_type,
+    load_dst_faces,
+    load_xseg_for,
+    read_other_people,
+)
 from tasks.placement import read_source_frame
 from tasks.video import VideoError, probe_video
 
@@ -103,25 +113,54 @@ def render_preview(root: Path, params: Params, frame_index: int, options: MergeO
     faces = load_dst_faces(root / faces_table("dst"), hash_file(video))
     wanted = {index: [face for face in listed if face.face_id not in other_people] for index, listed in faces.items()}
     frame = read_source_frame(video, frame_index)
-    swapped = FrameMerger(swapper, options, wanted).merge(frame_index, frame)
+    xseg = load_xseg_for(options.mask_mode, root / XSEG_CHECKPOINT)
+    swapped = FrameMerger(swapper, options, wanted, xseg).merge(frame_index, frame)
     output = root / REVIEW_DIR / f"merge-preview-{frame_index}.png"
     output.parent.mkdir(parents=True, exist_ok=True)
     write_png(output, np.hstack([draw_label(frame, f"dst {video.name} frame {frame_index}"), draw_label(swapped, "swap")]))
     return output, len(wanted.get(frame_index, []))
 
 
+Settings = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a merge option for this preview, e.g. --set blend_mode=seamless (repeatable).")]
+VideoName = Annotated[str | None, typer.Option("--video", help="Which dst video (its file name); default the first.")]
+RootOption = Annotated[Path, typer.Option("--root", help="Project folder (holds params.yaml).")]
+
+
 def preview_command(
     frame: Annotated[int, typer.Option("--frame", min=0, help="Frame index in the dst video (from 0).")],
-    settings: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a merge option for this preview, e.g. --set blend_mode=seamless (repeatable).")] = None,
-    video: Annotated[str | None, typer.Option("--video", help="Which dst video (its file name); default the first.")] = None,
-    root: Annotated[Path, typer.Option("--root", help="Project folder (holds params.yaml).")] = Path("."),
+    settings: Settings = None,
+    video: VideoName = None,
+    root: RootOption = Path("."),
 ) -> None:
     """Render one dst frame beside its swap (review/merge-preview-N.png) to try merge settings quickly."""
-    root = root.resolve()
+    show_preview(frame, settings or [], video, root.resolve())
+
+
+def merge_command(
+    preview: Annotated[int | None, typer.Option("--preview", min=0, help="Only render this dst frame (from 0) beside its "
+                                                "swap, to try settings.")] = None,
+    settings: Settings = None,
+    video: VideoName = None,
+    root: RootOption = Path("."),
+) -> None:
+    """Merge: with --preview FRAME one dst frame beside its swap in seconds; without it, the merge stage."""
+    if preview is None:
+        if settings or video:
+            raise typer.BadParameter("--set and --video go with --preview; the merge stage reads params.yaml")
+        from flows.cli import run_reporting_errors
+        from flows.merge import merge_flow
+
+        run_reporting_errors(merge_flow, root.resolve())
+        return
+    show_preview(preview, settings or [], video, root.resolve())
+
+
+def show_preview(frame: int, settings: list[str], video: str | None, root: Path) -> None:
+    """Write and name the preview of one frame; user errors exit 1 with the message."""
     try:
         params = load_params(root / "params.yaml")
-        options = apply_overrides(params.merge, settings or [])
+        options = apply_overrides(params.merge, settings)
         output, swapped = render_preview(root, params, frame, options, video)
     except (ParamsError, CheckpointError, MergeError, FacesetError, VideoError, ImageError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)

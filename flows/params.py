@@ -21,11 +21,12 @@ from tasks.extract import FaceOptions, SideOptions
 from tasks.mask_table import MaskOptions
 from tasks.merge import MergeOptions
 from tasks.train_options import RuntimeOptions, StageOptions
+from tasks.xseg_train import XsegOptions
 
 Side = Literal["src", "dst"]
 SIDES: tuple[Side, ...] = ("src", "dst")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-RESERVED_STAGE_NAMES = {"init"}
+RESERVED_STAGE_NAMES = {"init", "xseg"}  # stages with their own checkpoints/<name> folder
 
 
 class ParamsError(ValueError):
@@ -104,7 +105,8 @@ class TrainParams(Section):
         for name in stages:
             if not STAGE_NAME.match(name) or name in RESERVED_STAGE_NAMES:
                 raise ValueError(
-                    f"train stage name {name!r} must be lowercase letters, digits and _ (starting with a letter), not 'init'"
+                    f"train stage name {name!r} must be lowercase letters, digits and _ (starting with a letter), not "
+                    f"{' or '.join(repr(reserved) for reserved in sorted(RESERVED_STAGE_NAMES))}"
                 )
         return stages
 
@@ -146,6 +148,7 @@ class Params(Section):
     extract: ExtractParams = Field(default_factory=ExtractParams)
     curate: CurateParams = Field(default_factory=CurateParams)
     mask: MaskOptions = Field(default_factory=MaskOptions)
+    xseg: XsegOptions = Field(default_factory=XsegOptions)  # the segmentation network trained on your labels
     train: TrainParams
     merge: MergeOptions = Field(default_factory=MergeOptions)
     export: ExportParams = Field(default_factory=ExportParams)

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from flows.params import SIDES, Params
+from tasks.xseg_masks import uses_xseg
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ def checkpoint_dir(stage: str) -> str:
 
 def selection_file(side: str) -> str:
     return f"data/{side}/selection.json"
+
+
+def xseg_labels_folder(side: str) -> str:
+    """A side's hand-drawn XSeg labels, <face_id>.png (human decisions, in git)."""
+    return f"data/{side}/xseg_labels"
+
+
+XSEG_CHECKPOINT = "checkpoints/xseg"
+XSEG_METRICS = "metrics/xseg.json"
 
 
 def metrics_file(stage: str) -> str:
@@ -113,11 +123,22 @@ def render_stages(params: Params) -> dict:
             "deps": [faces_table("src"), selection_file("src"), faces_table("dst"), *code_dependencies("flows/coverage.py")],
             "outs": ["reports/coverage.md", "reports/coverage.png"],
         },
+        "xseg": {
+            "cmd": "faceflow stage xseg",
+            # with no labels it writes an "untrained" marker in the checkpoint folder (DVC needs the output)
+            "deps": [path for side in SIDES for path in (faces_table(side), xseg_labels_folder(side))]
+                    + code_dependencies("flows/xseg.py"),
+            "params": ["xseg"],
+            "outs": [XSEG_CHECKPOINT],
+            "metrics": [{XSEG_METRICS: {"cache": False}}],
+        },
         "mask": {
             "foreach": list(SIDES),
             "do": {
                 "cmd": "faceflow stage mask ${item}",
-                "deps": ["data/${item}/faces.lance", *code_dependencies("flows/mask.py")],
+                # the XSeg network only when it makes the masks: hull masks do not wait for (or re-run after) it
+                "deps": ["data/${item}/faces.lance", *([XSEG_CHECKPOINT] if params.mask.kind == "xseg" else []),
+                         *code_dependencies("flows/mask.py")],
                 "params": ["mask"],
                 "outs": ["data/${item}/masks.lance"],
             },
@@ -146,15 +167,16 @@ def render_stages(params: Params) -> dict:
         "merge": {
             "cmd": "faceflow stage merge",
             # the dst curation says which faces are other people, left unswapped
-            "deps": [final, "data/raw/dst", faces_table("dst"), selection_file("dst"), *code_dependencies("flows/merge.py")],
+            "deps": [final, "data/raw/dst", faces_table("dst"), selection_file("dst"),
+                     *([XSEG_CHECKPOINT] if uses_xseg(params.merge.mask_mode) else []), *code_dependencies("flows/merge.py")],
             "params": ["merge"],
             "outs": ["renders"],
             "metrics": [{"metrics/merge.json": {"cache": False}}],
         },
         "export": {
             "cmd": "faceflow stage export",
-            # the dst's own faces are what the exported file is checked on
-            "deps": [final, "data/raw/dst", *code_dependencies("flows/export.py")],
+            # the dst's own faces are what the exported files are checked on; a trained XSeg is exported too
+            "deps": [final, XSEG_CHECKPOINT, "data/raw/dst", *code_dependencies("flows/export.py")],
             "params": ["export"],
             "outs": ["exports"],
             "metrics": [{"metrics/export.json": {"cache": False}}],
@@ -176,7 +198,8 @@ def training_plots(stage_names: list[str]) -> list[dict]:
 
 def stage_order(params: Params) -> list[str]:
     """Every stage name as DVC knows it, in an order that respects the dependencies."""
-    names = [f"extract@{side}" for side in SIDES] + [f"curate@{side}" for side in SIDES] + ["coverage"] + [f"mask@{side}" for side in SIDES] + ["init"]
+    names = [f"extract@{side}" for side in SIDES] + [f"curate@{side}" for side in SIDES] + ["coverage", "xseg"]
+    names += [f"mask@{side}" for side in SIDES] + ["init"]
     names += [f"train@{name}" for name in params.train.stage_names]
     return names + ["merge", "export"]
 

@@ -63,7 +63,10 @@ class BlendFunction(Protocol):
 
 def blend_overlay(frame_region: np.ndarray, face_region: np.ndarray, mask_region: np.ndarray) -> np.ndarray:
     """Alpha blend: frame * (1 - m) + face * m, written so m == 0 returns the frame exactly."""
-    return frame_region + (face_region - frame_region) * mask_region
+    blended = face_region - frame_region  # one (h, w, 3) temporary, updated in place
+    blended *= mask_region
+    blended += frame_region
+    return blended
 
 
 def blend_seamless(frame_region: np.ndarray, face_region: np.ndarray, mask_region: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ the prediction and its mask are scaled to S, the mask is eroded and feathered, t
 recoloured to the destination face (and histogram matched, sharpened or motion blurred when
 asked), warped back into frame coordinates with the inverse of the frame->crop alignment and
 blended over the frame by a blend mode (see tasks.blend). Only the frame region the face lands
-in is touched, so per-face cost does not grow with the frame size.
+in is touched, so per-face cost does not grow with the frame size: paste_face works in place,
+so all the faces of a frame go into one copy of it, and composite_face returns a new frame.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import cv2
 import numpy as np
 
 from tasks.blend import BlendMode, MotionBlur, SharpenMode, blur_along_motion, find_blend_mode, match_histograms, sharpen_face
-from tasks.color import MINIMUM_MASK_WEIGHT, ColorTransfer, transfer_color
+from tasks.color import ColorTransfer, transfer_color
+from tasks.color_transport import MINIMUM_MASK_WEIGHT
 from tasks.masks import refine_mask
 
 logger = logging.getLogger(__name__)
@@ -170,6 +172,36 @@ def composite_face(
         tasks.color.ColorTransferError: for an unknown colour transfer.
     """
     check_image(frame, "frame", np.uint8, 3)
+    output = frame.copy()
+    paste_face(output, matrix, predicted_face, mask, crop_face, options, motion)
+    return output
+
+
+def paste_face(
+    frame: np.ndarray,
+    matrix: np.ndarray,
+    predicted_face: np.ndarray,
+    mask: np.ndarray,
+    crop_face: np.ndarray,
+    options: CompositeOptions = CompositeOptions(),
+    motion: MotionBlur | None = None,
+) -> tuple[int, int, int, int] | None:
+    """``composite_face`` in place: the face is blended into ``frame`` itself, only inside its box.
+
+    Several faces of one frame are pasted into one copy of it this way, instead of copying the
+    whole frame per face; the pixels are the same as chaining ``composite_face``.
+
+    Args:
+        frame: (H, W, 3) uint8 BGR full frame, written in place.
+        matrix, predicted_face, mask, crop_face, options, motion: as ``composite_face``.
+
+    Returns:
+        The frame box (x0, y0, x1, y1) that was blended, or None when nothing of the face is visible.
+
+    Raises:
+        As ``composite_face``.
+    """
+    check_image(frame, "frame", np.uint8, 3)
     check_image(crop_face, "crop_face", np.uint8, 3)
     check_image(predicted_face, "predicted_face", None, 3)
     mask = squeeze_mask(mask, "mask")
@@ -191,11 +223,10 @@ def composite_face(
         if not recipe.raw:
             mask = refine_mask(mask, options.erode, options.blur)  # (S, S) float32
 
-    output = frame.copy()
     box = find_face_box(mask, cv2.invertAffineTransform(matrix), frame.shape)
     if box is None or float(mask.sum()) < MINIMUM_MASK_WEIGHT:
         logger.debug("nothing of the face is visible in the frame; frame left unchanged")
-        return output
+        return None
     if not recipe.raw:
         face = prepare_face(face, mask, crop_face, options, motion)
 
@@ -208,9 +239,11 @@ def composite_face(
                                  borderMode=cv2.BORDER_REPLICATE)
     warped_mask = cv2.warpAffine(mask, region_matrix, region_size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    np.clip(warped_mask, 0.0, 1.0, out=warped_mask)
 
-    frame_region = output[y0:y1, x0:x1].astype(np.float32)
-    blended = recipe.blend(frame_region, warped_face, np.clip(warped_mask, 0.0, 1.0)[..., None])
-    output[y0:y1, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    region = frame[y0:y1, x0:x1]
+    blended = recipe.blend(region.astype(np.float32), warped_face, warped_mask[..., None])
+    # rounded and clipped in place: whole numbers in 0..255, so the uint8 assignment is exact
+    region[...] = np.clip(np.rint(blended, out=blended), 0, 255, out=blended)
     logger.debug("composited face into frame box %s (%s, %s)", box, options.blend_mode, options.color_transfer)
-    return output
+    return box

@@ -6,50 +6,56 @@ them (tasks.merge_masks), the mask is steadied along the face's track, and the f
 the colour transfer and blend mode asked for (tasks.composite). Faces the dst curation rejected as
 "other person" are left as they are; faces it rejected for any other reason (duplicates, blur,
 size) are still swapped, since every frame of the render needs its face.
+
+A render is a pipeline: the render thread decodes a frame and cuts its faces out, worker threads
+run the model a few frames ahead (tasks.merge_predict), the render thread pastes the faces back in
+frame order (each track's mask is smoothed from the frame before) and a writer thread encodes
+(tasks.merge_sinks). On a CPU the model is most of the cost, so it gets the cores' spare time.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import shutil
-import threading
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Literal, Protocol, get_args
 
-import cv2
 import numpy as np
-import torch
 from pydantic import ConfigDict, with_config
 
-from model.checkpoint import load_checkpoint
-from model.networks import SwapAutoencoder
-from tasks.align import FaceType, compute_alignment, transform_points, warp_to_crop
+from model.checkpoint import CheckpointError
+from tasks.align import compute_alignment, transform_points, warp_to_crop
 from tasks.blend import BlendMode, MotionBlur, SharpenMode, estimate_motion
 from tasks.color import ColorTransfer
-from tasks.composite import CompositeOptions, composite_face, scale_about_centre
+from tasks.composite import CompositeOptions, paste_face, scale_about_centre
 from tasks.faceset import hash_file, open_faces
 from tasks.masks import hull_mask
 from tasks.merge_masks import FlickerMeter, MaskMode, MaskSmoother, build_face_mask, needs_dst_mask
+from tasks.merge_predict import FacePredictor, FaceSwapper, Prediction, count_prediction_workers, predict_ahead
+from tasks.merge_sinks import BackgroundWriter, RenderFormat, open_frame_sink
 from tasks.selection import Selection
-from tasks.video import VideoCodec, VideoError, VideoInfo, VideoWriter, iter_frames, probe_video
+from tasks.train_options import PrecisionChoice
+from tasks.video import EncoderPreset, iter_frames, probe_video
+from tasks.watermark import watermarking_sink
+from tasks.xseg_masks import XsegMasker, predict_xseg_sources, uses_xseg
 
 logger = logging.getLogger(__name__)
 
-RenderFormat = Literal[VideoCodec, "png"]
-RENDER_FORMAT_CHOICES: tuple[str, ...] = get_args(RenderFormat)
-WRITE_QUEUE_DEPTH = 8  # rendered frames waiting for the encoder (8 x 720p is about 22 MB)
 # Curation reasons that mean "not the target person": these faces are never swapped.
 OTHER_PERSON_REASON = "other person"
 # mask_erode and mask_blur are pixels of a crop this wide, scaled to the model's resolution, so a
 # setting means the same part of the face whatever the model size.
 MASK_REFERENCE_SIDE = 256
+# Batches queued or running per prediction worker: enough that a worker never waits for the render
+# thread, few enough to hold little memory (frames are kept until pasted).
+PREDICTED_AHEAD = 2
+# Consecutive frames whose faces go through the model in one batch: a CPU convolution reads (and
+# re-lays out) its weights once per call, so four frames a call cost about 30 % less CPU per face
+# than one for a SAEHD-sized model, 20 % for a 96 px DF (measured, bf16, 2 workers); results are
+# the same as frame by frame (bit for bit in bf16).
+FRAMES_PER_BATCH = 4
 
 
 class MergeError(ValueError):
@@ -75,9 +81,15 @@ class MergeOptions:
     sharpen_amount: int = 0  # percent, 0..100
     codec: RenderFormat = "h264"
     crf: int = 18
+    # x264/x265 speed: faster spends about a third less CPU per frame than the encoders' own medium,
+    # same SSIM at CRF 18, PSNR at most about 0.1 dB lower, files 1-10 % larger (benchmarks/merge_speed.py --presets)
+    preset: EncoderPreset = "faster"
     start_frame: int = 0
     end_frame: int | None = None  # last frame rendered (inclusive); None = the video's last
     label_synthetic: bool = True  # container label + provenance sidecar; turning it off is logged
+    # the model's arithmetic: auto = bf16 where the CPU has it natively (about twice as fast; rendered
+    # faces within 3 of 255 levels of fp32's, 0.2 on average), else fp32
+    precision: PrecisionChoice = "auto"
 
     def __post_init__(self) -> None:
         ranges = {"crf": (0, 51), "mask_blur": (0, 1024), "mask_erode": (-1024, 1024), "face_scale": (-50, 50),
@@ -107,55 +119,26 @@ class DstFace:
     landmarks: np.ndarray  # (68, 2) frame px, already smoothed along the track by extraction
 
 
-@dataclass
-class Prediction:
-    faces: np.ndarray  # (N, R, R, 3) float32 BGR in [0, 1], painted as the src identity
-    masks: np.ndarray  # (N, R, R) float32 in [0, 1], the src decoder's mask
-    dst_masks: np.ndarray | None  # (N, R, R) float32 in [0, 1], the dst path's mask, when asked for
-
-
-class FacePredictor(Protocol):
-    """What the merger needs from a model: its input framing and a batch prediction."""
-
-    resolution: int
-    face_type: FaceType
-
-    def predict(self, crops: list[np.ndarray], with_dst_mask: bool) -> Prediction:
-        """(R, R, 3) uint8 BGR crops of the model's face type -> the swapped faces and their masks."""
-        ...
-
-
-class FaceSwapper:
-    """Runs a trained model on dst crops (a FacePredictor)."""
-
-    def __init__(self, model: SwapAutoencoder) -> None:
-        # eval mode, and channels-last layout: about 15 % faster convolutions on the CPU, same results
-        self.model = model.eval().to(memory_format=torch.channels_last)
-        self.resolution = model.config.resolution
-        self.face_type: FaceType = model.config.face_type
-
-    @classmethod
-    def from_checkpoint(cls, directory: Path) -> FaceSwapper:
-        return cls(load_checkpoint(directory).model)
-
-    @torch.inference_mode()
-    def predict(self, crops: list[np.ndarray], with_dst_mask: bool) -> Prediction:
-        """Without the dst mask only the src path runs (about half the model's cost)."""
-        batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255)  # (N, R, R, 3) -> (N, 3, R, R)
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        if with_dst_mask:
-            dst_mask, face, mask = self.model.swap(batch)
-        else:
-            (face, mask), dst_mask = self.model(batch, "src"), None
-        return Prediction(face.permute(0, 2, 3, 1).numpy(), mask[:, 0].numpy(),
-                          None if dst_mask is None else dst_mask[:, 0].numpy())
-
-
 def check_face_type(model_face_type: str, params_face_type: str, checkpoint: Path) -> None:
     """Raise MergeError when the trained model's framing is not the one params.yaml asks for."""
     if model_face_type != params_face_type:
         raise MergeError(f"{checkpoint} was trained on {model_face_type} crops but params.yaml train.model.face_type is "
                          f"{params_face_type}; set it back to {model_face_type} or train again (dvc repro)")
+
+
+def load_xseg_for(mask_mode: str, directory: Path) -> XsegMasker | None:
+    """The trained XSeg of ``directory`` when the mask mode uses XSeg, else None.
+
+    Raises:
+        MergeError: the mode uses XSeg but none was trained (no labels yet) or the checkpoint is damaged.
+    """
+    if not uses_xseg(mask_mode):
+        return None
+    try:
+        return XsegMasker.from_checkpoint(directory)
+    except CheckpointError as error:
+        raise MergeError(f"merge.mask_mode {mask_mode} needs a trained XSeg: {error}. Label faces in "
+                         "data/<side>/xseg_labels/ and run the xseg stage, or choose a mask mode without xseg") from None
 
 
 def read_other_people(selection_path: Path) -> frozenset[str]:
@@ -179,16 +162,38 @@ def load_dst_faces(faces_path: Path, source_id: str) -> dict[int, list[DstFace]]
     return {frame: [face for _, face in sorted(faces, key=lambda item: item[0])] for frame, faces in grouped.items()}
 
 
+@dataclass
+class PreparedFrame:
+    """One frame's faces cut out for the model, and what pasting them back needs."""
+
+    index: int
+    frame: np.ndarray  # (H, W, 3) uint8 BGR dst frame
+    faces: list[DstFace]
+    matrices: list[np.ndarray]  # (2, 3) frame -> crop, one per face
+    crops: list[np.ndarray]  # (R, R, 3) uint8 BGR crops of the model's face type, one per face
+
+
 class FrameMerger:
     """Swaps the faces of one video's frames in order, keeping each track's running mask.
 
     Args:
-        predictor: the model.
+        predictor: the model; a FaceSwapper runs at ``options.precision``, any other predictor as it is.
         options: the merge params.
         faces_by_frame: frame index -> the faces to swap there (see load_dst_faces).
+        xseg: the trained XSeg, needed by the XSeg mask modes (ignored by the others).
+
+    Raises:
+        MergeError: an XSeg mask mode without ``xseg``.
     """
 
-    def __init__(self, predictor: FacePredictor, options: MergeOptions, faces_by_frame: dict[int, list[DstFace]]) -> None:
+    def __init__(self, predictor: FacePredictor, options: MergeOptions, faces_by_frame: dict[int, list[DstFace]],
+                 xseg: XsegMasker | None = None) -> None:
+        if uses_xseg(options.mask_mode) and xseg is None:
+            raise MergeError(f"merge.mask_mode {options.mask_mode} needs a trained XSeg (checkpoints/xseg); label faces "
+                             "and run the xseg stage (see the README, XSeg), or choose a mask mode without xseg")
+        self.xseg = xseg if uses_xseg(options.mask_mode) else None
+        if isinstance(predictor, FaceSwapper):
+            predictor = predictor.with_precision(options.precision)
         self.predictor, self.options, self.faces_by_frame = predictor, options, faces_by_frame
         self.smoother = MaskSmoother(options.mask_smoothing)
         self.composite_options = options.make_composite_options(predictor.resolution)
@@ -203,125 +208,87 @@ class FrameMerger:
         return estimate_motion(neighbours[0], face.landmarks, neighbours[1], matrix, self.options.motion_blur,
                                self.predictor.resolution)
 
-    def merge(self, frame_index: int, frame: np.ndarray) -> np.ndarray:
-        """Swap every listed face of one frame; a frame without one comes back as it is (the same array)."""
+    def prepare(self, frame_index: int, frame: np.ndarray) -> PreparedFrame | None:
+        """Cut the listed faces of one frame out for the model; None when none is listed."""
         faces = self.faces_by_frame.get(frame_index, [])
         if not faces:
-            return frame
+            return None
         side = self.predictor.resolution
         matrices = [compute_alignment(face.landmarks, self.predictor.face_type, side) for face in faces]
-        crops = [warp_to_crop(frame, matrix, side) for matrix in matrices]
+        return PreparedFrame(frame_index, frame, faces, matrices, [warp_to_crop(frame, matrix, side) for matrix in matrices])
+
+    def predict(self, prepared: PreparedFrame) -> Prediction:
+        """The model's faces and masks for one prepared frame: all its faces in one batch (any thread, any order)."""
+        return self.predict_crops(prepared.crops)
+
+    def predict_crops(self, crops: list[np.ndarray]) -> Prediction:
+        """The model's faces and masks for a batch of crops, with XSeg's masks when the mask mode uses them."""
         prediction = self.predictor.predict(crops, self.with_dst_mask)
-        for index, (face, matrix, crop) in enumerate(zip(faces, matrices, crops, strict=True)):
+        if self.xseg is not None:
+            sources = predict_xseg_sources(self.xseg, self.options.mask_mode, crops, prediction.faces)
+            prediction.xseg_masks = {name: np.stack(masks) for name, masks in sources.items()}
+        return prediction
+
+    def predict_frames(self, batch: list[PreparedFrame]) -> list[Prediction]:
+        """``predict`` for several frames in one model batch (the weights are read once), split back per frame."""
+        whole = self.predict_crops([crop for prepared in batch for crop in prepared.crops])
+        bounds = np.cumsum([len(prepared.crops) for prepared in batch])[:-1]  # where each frame's faces start
+        dst_masks = [None] * len(batch) if whole.dst_masks is None else np.split(whole.dst_masks, bounds)
+        xseg_masks = {name: np.split(masks, bounds) for name, masks in whole.xseg_masks.items()}
+        return [Prediction(faces, masks, dst, {name: parts[position] for name, parts in xseg_masks.items()})
+                for position, (faces, masks, dst) in enumerate(zip(np.split(whole.faces, bounds),
+                                                                   np.split(whole.masks, bounds), dst_masks, strict=True))]
+
+    def paste(self, prepared: PreparedFrame, prediction: Prediction) -> np.ndarray:
+        """Paste a prepared frame's predicted faces into one copy of it; call in frame order (masks follow tracks)."""
+        side = self.predictor.resolution
+        output = prepared.frame.copy()
+        for index, (face, matrix, crop) in enumerate(zip(prepared.faces, prepared.matrices, prepared.crops, strict=True)):
             hull = hull_mask(transform_points(face.landmarks, matrix), side).astype(np.float32) / 255.0
             dst_mask = None if prediction.dst_masks is None else prediction.dst_masks[index]
-            mask = build_face_mask(self.options.mask_mode, hull, prediction.masks[index], dst_mask)
-            mask = self.smoother.smooth(face.track_id, frame_index, mask)
+            mask = build_face_mask(self.options.mask_mode, hull, prediction.masks[index], dst_mask,
+                                   **{name: masks[index] for name, masks in prediction.xseg_masks.items()})
+            mask = self.smoother.smooth(face.track_id, prepared.index, mask)
             output_matrix = scale_about_centre(matrix, self.options.face_scale, side)
-            frame = composite_face(frame, output_matrix, prediction.faces[index], mask, crop, self.composite_options,
-                                   self.find_motion(frame_index, face, matrix))
-        return frame
+            # in place, inside the face's box only: one frame copy for all its faces
+            paste_face(output, output_matrix, prediction.faces[index], mask, crop, self.composite_options,
+                       self.find_motion(prepared.index, face, matrix))
+        return output
+
+    def merge(self, frame_index: int, frame: np.ndarray) -> np.ndarray:
+        """Swap every listed face of one frame; a frame without one comes back as it is (the same array)."""
+        prepared = self.prepare(frame_index, frame)
+        return frame if prepared is None else self.paste(prepared, self.predict(prepared))
+
+    def merge_frames(self, frames: Iterable[tuple[int, np.ndarray]], workers: int = 1,
+                     frames_per_batch: int = FRAMES_PER_BATCH) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Merge a stream of frames, the model running ahead on worker threads, ``frames_per_batch`` frames a batch.
+
+        Args:
+            frames: (frame index, (H, W, 3) uint8 BGR frame) in increasing index order.
+            workers: prediction threads (see tasks.merge_predict.prediction_pool).
+            frames_per_batch: consecutive frames with faces predicted in one model call.
+
+        Returns:
+            Iterator of (frame index, dst frame, rendered frame) in the order given; each rendered
+            frame is the one merge() would give (up to float32 rounding: a batch's faces are
+            computed together). Close it (contextlib.closing) to stop early: the queued predictions
+            are then dropped.
+
+        Raises:
+            Whatever the predictor raises, when the frame it failed on comes due.
+        """
+        return predict_ahead(frames, self.prepare, self.predict_frames, self.paste, workers, frames_per_batch,
+                             PREDICTED_AHEAD)
 
 
-class FrameRangeWriter(VideoWriter):
-    """A VideoWriter whose copied audio starts ``audio_start`` seconds into the source (a frame range's render)."""
-
-    def __init__(self, *args, audio_start: Fraction = Fraction(0), **kwargs) -> None:
-        self.audio_start = audio_start
-        super().__init__(*args, **kwargs)
-
-    def _open_audio_source(self, audio_from: Path) -> None:
-        super()._open_audio_source(audio_from)
-        if self._audio is not None:
-            self._audio_offset += round(self.audio_start / self._audio_source.streams.audio[0].time_base)
-
-
-class PngSequenceWriter:
-    """Writes ``<folder>/<frame index:06d>.png``; the folder replaces an earlier one only when close() succeeds."""
-
-    def __init__(self, folder: Path, first_index: int) -> None:
-        self.folder, self.next_index = Path(folder), first_index
-        self.temporary = self.folder.with_name(f".{self.folder.name}.partial")
-        try:
-            shutil.rmtree(self.temporary, ignore_errors=True)
-            self.temporary.mkdir(parents=True)
-        except OSError as error:
-            raise VideoError(f"{self.folder}: cannot write PNG frames here ({error}); choose a writable path") from error
-
-    def __enter__(self) -> PngSequenceWriter:
-        return self
-
-    def __exit__(self, error_type, error, traceback) -> None:
-        self.close() if error_type is None else shutil.rmtree(self.temporary, ignore_errors=True)
-
-    def write(self, frame_bgr: np.ndarray) -> None:
-        """Write the next frame (fast PNG compression: frames are large and written often)."""
-        path = self.temporary / f"{self.next_index:06d}.png"
-        if not cv2.imwrite(str(path), frame_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-            raise VideoError(f"{path}: writing the PNG frame failed; check free disk space")
-        self.next_index += 1
-
-    def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        os.replace(self.temporary, self.folder)
-        logger.info("wrote %s (PNG frames up to %06d)", self.folder, self.next_index - 1)
-
-
-def open_frame_sink(output: Path, info: VideoInfo, codec: RenderFormat, crf: int, start_frame: int,
-                    metadata: dict[str, str]) -> FrameRangeWriter | PngSequenceWriter:
-    """The writer for a render: an H.264/H.265 mp4 with the dst audio, or a folder of PNG frames (no audio)."""
-    if codec == "png":
-        if info.has_audio:
-            logger.info("%s: PNG frames carry no audio; take it from %s when assembling them", output, info.path)
-        return PngSequenceWriter(output, start_frame)
-    return FrameRangeWriter(output, info.width, info.height, info.fps, codec=codec, crf=crf, audio_from=info.path,
-                            metadata=metadata, audio_start=Fraction(start_frame) / info.fps)
-
-
-class BackgroundWriter:
-    """Hands frames to a sink on a second thread: encoding overlaps swapping (PyAV and OpenCV release the GIL).
-
-    A sink error is raised by the next ``write`` or on leaving the ``with`` block."""
-
-    def __init__(self, sink: FrameRangeWriter | PngSequenceWriter, depth: int = WRITE_QUEUE_DEPTH) -> None:
-        self.sink, self.error = sink, None
-        self.frames: queue.Queue[np.ndarray | None] = queue.Queue(depth)
-        self.thread = threading.Thread(target=self.drain, name="merge-writer", daemon=True)
-        self.thread.start()
-
-    def drain(self) -> None:
-        while (frame := self.frames.get()) is not None:
-            if self.error is None:
-                try:
-                    self.sink.write(frame)
-                except Exception as error:  # handed to the rendering thread, which raises it
-                    self.error = error
-
-    def write(self, frame: np.ndarray) -> None:
-        if self.error is not None:
-            raise self.error
-        self.frames.put(frame)
-
-    def __enter__(self) -> BackgroundWriter:
-        return self
-
-    def __exit__(self, error_type, error, traceback) -> None:
-        self.frames.put(None)
-        self.thread.join()
-        if error_type is None and self.error is not None:
-            raise self.error
-
-
-@contextmanager
-def leave_a_core_free() -> Iterator[None]:
-    """Torch on one core fewer while frames are encoded on a second thread (contending threads spin-wait)."""
-    threads = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, min(threads, cores - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def read_frame_range(video: Path, first: int, last: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Frames ``first`` to ``last`` (inclusive) of a video, as (frame index, (H, W, 3) uint8 BGR frame)."""
+    for frame_index, _, frame in iter_frames(video):
+        if frame_index > last:
+            return
+        if frame_index >= first:
+            yield frame_index, frame
 
 
 @dataclass
@@ -337,6 +304,7 @@ class RenderReport:
     flicker: float | None  # render_change / dst_change; 1.0 = as steady as the dst; None without consecutive faces
 
 
+
 def render_video(
     video: Path,
     faces_path: Path,
@@ -346,6 +314,8 @@ def render_video(
     metadata: dict[str, str],
     on_frame=None,
     other_people: frozenset[str] = frozenset(),
+    watermark: np.ndarray | None = None,
+    xseg: XsegMasker | None = None,
 ) -> RenderReport:
     """Render one dst video (or its frame range): every frame decoded, the target's faces swapped, encoded.
 
@@ -358,9 +328,11 @@ def render_video(
         metadata: container metadata (the synthetic-media label); not written to PNG frames.
         on_frame: called once per rendered frame (progress).
         other_people: face ids never swapped (see read_other_people).
+        watermark: payload bits embedded in every written frame (tasks.watermark); None leaves frames unmarked.
+        xseg: the trained XSeg, for the XSeg mask modes.
 
     Raises:
-        MergeError: the frame range starts past the end of the video.
+        MergeError: the frame range starts past the end of the video, or an XSeg mask mode without ``xseg``.
         tasks.video.VideoError: the video cannot be read, or the output cannot be written (raised
             before any frame is decoded; a half-written output never replaces an earlier one).
     """
@@ -371,20 +343,17 @@ def render_video(
     last = info.frame_count - 1 if options.end_frame is None else min(options.end_frame, info.frame_count - 1)
     faces_by_frame = load_dst_faces(faces_path, hash_file(video))
     wanted = {index: [face for face in faces if face.face_id not in other_people] for index, faces in faces_by_frame.items()}
-    merger, flicker = FrameMerger(predictor, options, wanted), FlickerMeter()
+    merger, flicker = FrameMerger(predictor, options, wanted, xseg), FlickerMeter()
     swapped = skipped = missing = frames = 0
-    with (leave_a_core_free(), open_frame_sink(output, info, options.codec, options.crf, options.start_frame, metadata) as sink,
-          BackgroundWriter(sink) as writer):
-        for frame_index, _, frame in iter_frames(video):
-            if frame_index < options.start_frame:
-                continue
-            if frame_index > last:
-                break
+    frames_in_range = read_frame_range(video, options.start_frame, last)
+    with (open_frame_sink(output, info, options.codec, options.crf, options.start_frame, metadata, options.preset) as sink,
+          BackgroundWriter(watermarking_sink(sink, watermark)) as writer,
+          closing(merger.merge_frames(frames_in_range, count_prediction_workers())) as merged):
+        for frame_index, frame, rendered in merged:
             faces = wanted.get(frame_index, [])
             swapped += len(faces)
             skipped += len(faces_by_frame.get(frame_index, [])) - len(faces)
             missing += not faces_by_frame.get(frame_index)
-            rendered = merger.merge(frame_index, frame)
             flicker.add(frame_index, frame, rendered, [face.landmarks for face in faces])
             writer.write(rendered)
             frames += 1

@@ -1,12 +1,14 @@
 """Which mask a swapped face is pasted through, how it is kept steady, and how steady the render is.
 
 The mask modes follow DeepFaceLab's merger list. Each mode multiplies (or, for "learned_either",
-takes the larger of) some of three masks, all (S, S) float32 in [0, 1] in the aligned crop:
+takes the larger of) some of five masks, all (S, S) float32 in [0, 1] in the aligned crop:
 - hull: the convex hull of the dst face's 68 landmarks, forehead included (DeepFaceLab's "dst");
 - predicted: the mask the src decoder paints with the swapped face ("learned-prd");
-- dst: the mask the dst path paints for the same crop ("learned-dst").
-DeepFaceLab's XSeg modes (XSeg-prd, XSeg-dst and their products) are left out: faceflow has no
-XSeg segmentation model yet, and a mode that quietly fell back to the hull would be a lie.
+- dst: the mask the dst path paints for the same crop ("learned-dst");
+- xseg_predicted, xseg_dst: the trained XSeg segmentation (tasks.xseg_masks) of the swapped face
+  and of the dst crop ("XSeg-prd", "XSeg-dst"): they leave out hands, hair and glasses in front of
+  the face. A mode with XSeg needs a trained XSeg (checkpoints/xseg); without one the merge stops
+  and says so, rather than quietly falling back to the hull.
 
 The learned dst mask costs a second decoder pass per face (about doubling the model's time), so
 `needs_dst_mask` tells the merger when to ask for it.
@@ -23,6 +25,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from tasks.xseg_masks import XSEG_MODE_SOURCES, XsegMaskMode
+
 logger = logging.getLogger(__name__)
 
 MaskMode = Literal[
@@ -34,9 +38,10 @@ MaskMode = Literal[
     "hull_learned_predicted",
     "hull_learned_dst",
     "hull_learned_both",
+    XsegMaskMode,  # xseg_predicted, xseg_dst, xseg_both, learned_xseg_all (tasks.xseg_masks)
 ]
 MASK_MODE_CHOICES: tuple[str, ...] = get_args(MaskMode)
-MaskSource = Literal["hull", "predicted", "dst"]
+MaskSource = Literal["hull", "predicted", "dst", "xseg_predicted", "xseg_dst"]
 
 
 class MergeMaskError(ValueError):
@@ -60,6 +65,7 @@ MASK_RECIPES: dict[str, MaskRecipe] = {
     "hull_learned_predicted": MaskRecipe(("hull", "predicted")),
     "hull_learned_dst": MaskRecipe(("hull", "dst")),
     "hull_learned_both": MaskRecipe(("hull", "predicted", "dst")),
+    **{mode: MaskRecipe(sources) for mode, sources in XSEG_MODE_SOURCES.items()},
 }
 assert set(MASK_RECIPES) == set(MASK_MODE_CHOICES), "MASK_RECIPES must cover every MaskMode"
 
@@ -85,7 +91,8 @@ def needs_dst_mask(mode: str) -> bool:
 
 
 def build_face_mask(
-    mode: MaskMode, hull: np.ndarray, predicted: np.ndarray, dst: np.ndarray | None = None
+    mode: MaskMode, hull: np.ndarray, predicted: np.ndarray, dst: np.ndarray | None = None,
+    xseg_predicted: np.ndarray | None = None, xseg_dst: np.ndarray | None = None,
 ) -> np.ndarray:
     """Combine a face's masks as a mask mode says.
 
@@ -95,6 +102,8 @@ def build_face_mask(
         predicted: (S, S) float in [0, 1], the src decoder's learned mask.
         dst: (S, S) float in [0, 1], the dst path's learned mask; needed only when
             ``needs_dst_mask(mode)``.
+        xseg_predicted, xseg_dst: (S, S) float in [0, 1], XSeg's masks of the swapped face and of the
+            dst crop; needed only by the modes that use them.
 
     Returns:
         (S, S) float32 in [0, 1], a new array.
@@ -103,12 +112,13 @@ def build_face_mask(
         MergeMaskError: unknown mode, a needed mask missing, or masks of different shapes.
     """
     recipe = find_recipe(mode)
-    given = {"hull": hull, "predicted": predicted, "dst": dst}
+    given = {"hull": hull, "predicted": predicted, "dst": dst, "xseg_predicted": xseg_predicted, "xseg_dst": xseg_dst}
     masks = []
     for source in recipe.sources:
         mask = given[source]
         if mask is None:
-            raise MergeMaskError(f"mask mode {mode!r} needs the learned dst mask; predict with the dst mask")
+            needed = "the learned dst mask; predict with the dst mask" if source == "dst" else f"the {source} mask of XSeg"
+            raise MergeMaskError(f"mask mode {mode!r} needs {needed}")
         if mask.shape != hull.shape:
             raise MergeMaskError(f"the {source} mask has shape {mask.shape}, the hull {hull.shape}; they must match")
         mask = np.clip(mask.astype(np.float32), 0.0, 1.0)

@@ -22,6 +22,10 @@ VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".mov", ".mkv", ".avi", ".we
 VideoCodec = Literal["h264", "h265"]
 ENCODER_NAMES: dict[VideoCodec, str] = {"h264": "libx264", "h265": "libx265"}
 assert set(ENCODER_NAMES) == set(get_args(VideoCodec)), "ENCODER_NAMES must cover every VideoCodec"
+# x264/x265 speed presets, fastest first: at one CRF a faster preset spends less CPU per frame, for
+# a somewhat larger file or slightly lower quality (benchmarks/merge_speed.py --presets measures
+# both); None keeps the encoder's own (medium)
+EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
 # clockwise degrees -> cv2 flag that turns a decoded frame upright
 _ROTATE_FLAGS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
@@ -233,13 +237,16 @@ class VideoWriter:
 
     Raises (constructor):
         VideoError: the output cannot be created, or `audio_from` cannot be read.
-        ValueError: unknown codec.
+        ValueError: unknown codec or preset.
     """
 
     def __init__(self, path: Path, width: int, height: int, fps: Fraction, codec: VideoCodec = "h264",
-                 crf: int = 18, audio_from: Path | None = None, metadata: dict[str, str] | None = None) -> None:
+                 crf: int = 18, audio_from: Path | None = None, metadata: dict[str, str] | None = None,
+                 preset: EncoderPreset | None = None) -> None:
         if codec not in ENCODER_NAMES:
             raise ValueError(f"codec must be one of {list(get_args(VideoCodec))}, got {codec!r}")
+        if preset is not None and preset not in get_args(EncoderPreset):
+            raise ValueError(f"preset must be one of {list(get_args(EncoderPreset))} or None, got {preset!r}")
         self.path, self.width, self.height = Path(path), int(width), int(height)
         self.fps = Fraction(fps).limit_denominator(1_000_000)
         self.frames_written = 0
@@ -256,7 +263,7 @@ class VideoWriter:
             self._video.width, self._video.height = self.width + self.width % 2, self.height + self.height % 2
             self._video.pix_fmt = "yuv420p"
             self._video.time_base = self._video.codec_context.time_base = 1 / self.fps
-            self._video.options = {"crf": str(crf)}
+            self._video.options = {"crf": str(crf)} | ({} if preset is None else {"preset": preset})
             if codec == "h265":
                 self._video.codec_tag = "hvc1"  # the tag Apple players require for HEVC in mp4/mov
                 self._video.options["x265-params"] = "log-level=error"
@@ -300,7 +307,9 @@ class VideoWriter:
                              f"got {frame_bgr.dtype} {frame_bgr.shape}")
         if self.width % 2 or self.height % 2:
             frame_bgr = cv2.copyMakeBorder(frame_bgr, 0, self.height % 2, 0, self.width % 2, cv2.BORDER_REPLICATE)
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_bgr), format="bgr24")
+        # OpenCV's BT.601 conversion, not swscale's: swscale's bgr24 -> yuv420p comes out 1-5 levels dark
+        # (white decodes as 250-253), OpenCV's decodes back to within a level.
+        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
         frame.pts = self.frames_written
         try:
             self._output.mux(self._video.encode(frame))

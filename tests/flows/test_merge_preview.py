@@ -12,7 +12,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from flows.merge_preview import preview_command
+from flows.merge_preview import merge_command, preview_command
 from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
 from model.networks import build_model
@@ -23,7 +23,8 @@ DST = "demo/dst_pexels_7154235.mp4"  # 640x576, 35 frames, one face
 TINY_MODEL = {"resolution": 32, "ae_dims": 32, "e_dims": 8, "d_dims": 8, "d_mask_dims": 4}
 
 app = typer.Typer()
-app.command("merge-preview")(preview_command)  # as flows/cli.py registers it
+app.command("merge-preview")(preview_command)  # as flows/cli.py registers them
+app.command("merge")(merge_command)
 
 
 @app.callback()
@@ -73,6 +74,17 @@ def test_preview_writes_dst_beside_its_swap(project, media_dir):
     assert changed.sum() > 1000, "the face is swapped"
     ys, xs = np.nonzero(changed)
     assert xs.min() > 50 and xs.max() < width - 50, "and nothing else"
+
+
+def test_merge_with_preview_is_the_same_preview(project):
+    assert preview(project, "--frame", "12").exit_code == 0
+    expected = cv2.imread(str(project / "review" / "merge-preview-12.png"))
+    (project / "review" / "merge-preview-12.png").unlink()
+    result = CliRunner().invoke(app, ["merge", "--preview", "12", "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(cv2.imread(str(project / "review" / "merge-preview-12.png")), expected)
+    result = CliRunner().invoke(app, ["merge", "--set", "crf=20", "--root", str(project)])
+    assert result.exit_code == 2 and "go with --preview" in result.output
 
 
 def test_set_overrides_the_merge_options(project):

@@ -155,6 +155,7 @@ def stub_project(root, project_root, params_data: dict) -> dict:
         (root / f"data/raw/{side}").mkdir(parents=True)
         (root / f"data/raw/{side}/clip.mp4").write_bytes(side.encode())
         (root / f"data/{side}/reference").mkdir(parents=True)
+        (root / f"data/{side}/xseg_labels").mkdir(parents=True)
         (root / f"data/{side}/landmarks.yaml").write_text("{}\n")
         (root / f"data/{side}/rejects.yaml").write_text("{}\n")
     (root / "params.yaml").write_text(yaml.safe_dump(params_data, sort_keys=False))

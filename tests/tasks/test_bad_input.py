@@ -135,7 +135,6 @@ def test_eight_k_image_is_detected_downscaled_and_aligned_at_full_size(extracted
     assert np.abs(landmarks - expected).mean() < 0.03 * face_width
     crop = cv2.imdecode(np.frombuffer(row["image"], np.uint8), cv2.IMREAD_COLOR)
     reference_crop = cv2.imdecode(np.frombuffer(reference["image"], np.uint8), cv2.IMREAD_COLOR)
-    cv2.imwrite("/tmp/faceflow_bad_input_8k_vs_photo.png", np.hstack([crop, reference_crop]))
     assert np.abs(crop.astype(np.float32) - reference_crop).mean() < 12
 
 

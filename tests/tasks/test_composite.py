@@ -15,7 +15,7 @@ import pytest
 from tasks.blend import (BLEND_MODE_CHOICES, BLEND_MODES, BlendError, MotionBlur, blur_along_motion, match_histograms,
                          sharpen_face)
 from tasks.color import ColorTransferError, transfer_color
-from tasks.composite import CompositeError, CompositeOptions, composite_face
+from tasks.composite import CompositeError, CompositeOptions, composite_face, paste_face
 from tasks.masks import hull_mask, refine_mask
 
 CROP_SIDE = 256
@@ -133,6 +133,31 @@ def test_working_region_gives_the_same_pixels_as_the_whole_frame(dst: AlignedFac
     expected = np.clip(np.rint(dst.image * (1.0 - frame_mask) + frame_face * frame_mask), 0, 255)
 
     assert np.abs(result - expected).max() <= 1.0
+
+
+def test_pasting_faces_in_place_equals_compositing_whole_frame_copies(dst: AlignedFace, src: AlignedFace) -> None:
+    # Two faces of one frame, the second overlapping the first: the merger pastes both into one copy,
+    # each inside its own box, where composite_face copies the whole frame for every face.
+    face_width = np.ptp(dst.landmarks[:, 0])
+    shift = np.array([[1.0, 0.0, -0.4 * face_width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # the face lands 0.4 of its width right
+    matrices = [dst.matrix, dst.matrix @ shift]
+    options = CompositeOptions(color_transfer="rct", erode=-6, blur=32)
+    chained = dst.image
+    for matrix in matrices:
+        chained = composite_face(chained, matrix, as_face(src.crop), dst.hull * src.hull, dst.crop, options)
+
+    in_place = dst.image.copy()
+    boxes = [paste_face(in_place, matrix, as_face(src.crop), dst.hull * src.hull, dst.crop, options) for matrix in matrices]
+
+    np.testing.assert_array_equal(in_place, chained)
+    changed = np.any(in_place != dst.image, axis=2)
+    inside = np.zeros_like(changed)
+    for x0, y0, x1, y1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    assert changed.sum() > 1000 and not np.any(changed & ~inside), "only the faces' boxes are written"
+    assert boxes[0][0] < boxes[1][0] < boxes[0][2], "the two boxes overlap"
+    zeros = np.zeros((CROP_SIDE, CROP_SIDE), dtype=np.float32)
+    assert paste_face(in_place, dst.matrix, as_face(src.crop), zeros, dst.crop, options) is None
 
 
 def test_prediction_at_model_resolution_is_scaled_to_the_crop(dst: AlignedFace) -> None:

@@ -24,9 +24,10 @@ def masks() -> dict[str, np.ndarray]:
     return {"hull": hull, "predicted": predicted, "dst": dst}
 
 
-def test_every_mode_has_a_recipe_and_no_xseg_mode_pretends() -> None:
+def test_every_mode_has_a_recipe_and_the_xseg_modes_are_deepfacelabs() -> None:
     assert set(MASK_RECIPES) == set(MASK_MODE_CHOICES)
-    assert not [mode for mode in MASK_MODE_CHOICES if "xseg" in mode.lower()], "XSeg modes need an XSeg model"
+    assert {mode for mode in MASK_MODE_CHOICES if "xseg" in mode} == {
+        "xseg_predicted", "xseg_dst", "xseg_both", "learned_xseg_all"}
 
 
 @pytest.mark.parametrize("mode, expected", [
@@ -47,7 +48,7 @@ def test_modes_combine_the_masks_as_deepfacelab_names_them(masks, mode, expected
 
 def test_only_modes_using_the_dst_mask_ask_for_the_second_decoder_pass(masks) -> None:
     assert {mode for mode in MASK_MODE_CHOICES if needs_dst_mask(mode)} == {
-        "learned_dst", "learned_both", "learned_either", "hull_learned_dst", "hull_learned_both"}
+        "learned_dst", "learned_both", "learned_either", "hull_learned_dst", "hull_learned_both", "learned_xseg_all"}
     # modes without it work when it is not given
     build_face_mask("hull_learned_predicted", masks["hull"], masks["predicted"])
     with pytest.raises(MergeMaskError, match="'learned_both' needs the learned dst mask"):
@@ -58,8 +59,10 @@ def test_learned_mask_noise_is_cleared_and_bad_inputs_are_named(masks) -> None:
     noisy = masks["predicted"] + 0.002  # below one 8-bit level outside the square
     combined = build_face_mask("learned_predicted", masks["hull"], noisy)
     assert combined[0, 0] == 0.0 and combined[20, 20] == pytest.approx(0.752)
-    with pytest.raises(MergeMaskError, match="'xseg_dst'.*hull"):
-        build_face_mask("xseg_dst", masks["hull"], masks["predicted"])  # type: ignore[arg-type]
+    with pytest.raises(MergeMaskError, match="'xseg_dst' needs the xseg_dst mask of XSeg"):
+        build_face_mask("xseg_dst", masks["hull"], masks["predicted"])
+    with pytest.raises(MergeMaskError, match="unknown mask mode 'xseg'"):
+        build_face_mask("xseg", masks["hull"], masks["predicted"])  # type: ignore[arg-type]
     with pytest.raises(MergeMaskError, match=r"predicted mask has shape \(32, 32\)"):
         build_face_mask("learned_predicted", masks["hull"], masks["predicted"][:32, :32])
 

@@ -196,3 +196,21 @@ def test_writer_rejects_unwritable_path_and_wrong_frames(tmp_path):
             writer.write(np.zeros((32, 64, 3), np.uint8))
         writer.write(np.zeros((64, 64, 3), np.uint8))
     assert probe_video(tmp_path / "small.mp4").frame_count == 1
+
+
+def test_writer_passes_the_preset_to_the_encoder_and_checks_it(media_dir, tmp_path):
+    frames = [frame for index, _, frame in iter_frames(media_dir / DESTINATION_CLIP) if index < 10]
+    settings = {}
+    for preset in ("ultrafast", "faster", None):
+        output = tmp_path / f"{preset}.mp4"
+        with VideoWriter(output, frames[0].shape[1], frames[0].shape[0], Fraction(15), preset=preset) as writer:
+            for frame in frames:
+                writer.write(frame)
+        with av.open(str(output)) as container:  # x264 writes its settings into the first frame
+            first = bytes(next(container.demux(container.streams.video[0])))
+        settings[preset] = first[first.index(b"options: "):].split(b"\x00")[0].decode()
+        assert probe_video(output).frame_count == 10
+    assert "cabac=0" in settings["ultrafast"] and "cabac=1" in settings["faster"]  # ultrafast turns CABAC off
+    assert "subme=4" in settings["faster"] and "subme=7" in settings[None]  # None keeps x264's own medium
+    with pytest.raises(ValueError, match="preset must be one of .*'warp9'"):
+        VideoWriter(tmp_path / "bad.mp4", 64, 64, Fraction(30), preset="warp9")

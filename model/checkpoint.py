@@ -301,6 +301,21 @@ def read_checkpoint_config(directory: Path) -> ModelConfig:
                               "the checkpoint was written by another faceflow version or edited") from error
 
 
+def load_network_weights(directory: Path, files: dict, network: torch.nn.Module, device: str, remedy: str) -> torch.nn.Module:
+    """Load a checkpoint's verified MODEL_FILE into ``network`` (built from its config), in eval mode.
+
+    Raises:
+        CheckpointError: the file fails its checksum or does not fit the network (the message ends with ``remedy``).
+    """
+    weights = read_verified_tensors(directory, MODEL_FILE, files[MODEL_FILE], str(device))
+    try:
+        network.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{directory / MODEL_FILE} does not match the network its {MANIFEST_FILE} describes "
+                              f"({error}); {remedy}") from error
+    return network.eval()
+
+
 def read_verified_tensors(directory: Path, name: str, expected: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
     """Read one safetensors file, check its size and sha256 against the manifest, and load it."""
     path = Path(directory) / name
@@ -339,14 +354,7 @@ def load_checkpoint(directory: Path, device: str = "cpu") -> Checkpoint:
     files = manifest["files"]
     if MODEL_FILE not in files:
         raise CheckpointError(f"{directory / MANIFEST_FILE} lists no {MODEL_FILE}; re-run training")
-    weights = read_verified_tensors(directory, MODEL_FILE, files[MODEL_FILE], device)
-    model = build_model(config).to(device)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{directory / MODEL_FILE} does not match the model its checkpoint.json describes "
-                              f"({error}); the checkpoint is inconsistent: re-run training") from error
-    model.eval()
+    model = load_network_weights(directory, files, build_model(config).to(device), device, "re-run training")
     optimizer_state = None
     if "optimizer" in manifest:
         if OPTIMIZER_FILE not in files:

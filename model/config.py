@@ -70,6 +70,22 @@ def parse_architecture(archi: Any) -> tuple[ArchitectureBase, str]:
     )
 
 
+def config_from_dict(cls: type, data: Any, label: str) -> Any:
+    """An instance of the config dataclass ``cls`` from a dict such as a checkpoint's JSON holds.
+
+    Raises:
+        ValueError: ``data`` is not a mapping, names a key ``cls`` lacks (``label`` names the config in
+            the message) or holds an invalid value.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{label} must be a mapping of field -> value, got {type(data).__name__}")
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {label} key(s) {unknown}; valid keys are {sorted(known)}")
+    return cls(**data)
+
+
 @with_config(ConfigDict(extra="forbid"))
 @dataclass(frozen=True)
 class ModelConfig:
@@ -183,13 +199,7 @@ class ModelConfig:
         Raises:
             ValueError: A key is not a field of ModelConfig, or a value is invalid.
         """
-        if not isinstance(data, dict):
-            raise ValueError(f"model config must be a mapping of field -> value, got {type(data).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; valid keys are {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "model config")
 
     @classmethod
     def preset(cls, name: PresetName, **overrides: Any) -> ModelConfig:

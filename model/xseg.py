@@ -34,9 +34,9 @@ from pydantic import ConfigDict, with_config
 from torch import Tensor, nn
 from torch.nn import functional
 
-from model.checkpoint import (MANIFEST_FILE, MODEL_FILE, CheckpointError, read_manifest, read_verified_tensors,
+from model.checkpoint import (MANIFEST_FILE, MODEL_FILE, CheckpointError, load_network_weights, read_manifest,
                               save_checkpoint_state, sync_directory, write_atomically)
-from model.config import FaceType
+from model.config import FaceType, config_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +99,7 @@ class XsegConfig:
         Raises:
             ValueError: ``data`` is not a mapping, names an unknown key or holds an invalid value.
         """
-        if not isinstance(data, dict):
-            raise ValueError(f"xseg config must be a mapping of field -> value, got {type(data).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown xseg config key(s) {unknown}; valid keys are {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "xseg config")
 
 
 class ConvBlock(nn.Module):
@@ -259,12 +253,6 @@ def load_xseg(directory: Path, device: str | torch.device = "cpu") -> XsegCheckp
     files = manifest["files"]
     if MODEL_FILE not in files:
         raise CheckpointError(f"{directory / MANIFEST_FILE} lists no {MODEL_FILE}; re-run the xseg stage")
-    weights = read_verified_tensors(directory, MODEL_FILE, files[MODEL_FILE], str(device))
-    model = build_xseg(config).to(device)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{directory / MODEL_FILE} does not match the XSeg network its checkpoint.json describes "
-                              f"({error}); re-run the xseg stage") from error
+    model = load_network_weights(directory, files, build_xseg(config).to(device), str(device), "re-run the xseg stage")
     logger.info("loaded XSeg %s (%dpx, %s)", directory, config.resolution, config.face_type)
-    return XsegCheckpoint(model.eval(), config, manifest["state"])
+    return XsegCheckpoint(model, config, manifest["state"])

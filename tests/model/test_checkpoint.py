@@ -131,7 +131,7 @@ def test_corrupt_or_foreign_manifest_is_rejected(saved) -> None:
     with pytest.raises(CheckpointError, match="format version 99"):
         load_checkpoint(directory)
     manifest_path.write_text(json.dumps({**manifest, "config": {**manifest["config"], "ae_dims": 32}}))
-    with pytest.raises(CheckpointError, match="does not match the model"):
+    with pytest.raises(CheckpointError, match="does not match the network its checkpoint.json describes"):
         load_checkpoint(directory)
     manifest_path.write_text("{not json")
     with pytest.raises(CheckpointError, match=r"checkpoint\.json is not valid JSON"):

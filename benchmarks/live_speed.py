@@ -34,7 +34,7 @@ from tasks.export import export_dfm  # noqa: E402
 from tasks.live import LiveSwapper, run_live  # noqa: E402
 from tasks.live_model import DfmSwapModel  # noqa: E402
 from tasks.live_options import LiveOptions  # noqa: E402
-from tasks.live_sinks import open_sink  # noqa: E402
+from tasks.live_sinks import OutputLabels, open_sink  # noqa: E402
 from tasks.live_sources import open_source  # noqa: E402
 from tasks.video import iter_frames  # noqa: E402
 
@@ -111,8 +111,10 @@ def main() -> None:
         model_fps = model_alone(model)
         source = open_source(str(CLIP), options)
         try:
-            sink = open_sink(options, source.width, source.height, source.fps, {"git": {"commit": None}})
-            report = run_live(LiveSwapper(model, options), source, sink, options.max_frames)
+            revision = {"git": {"commit": None, "dirty": None}, "dvc_lock_sha256": None, "params": {}}
+            labels = OutputLabels.for_revision(revision, None)  # the watermark every frame gets, as `faceflow live` does
+            sink = open_sink(options, source.width, source.height, source.fps, revision, labels)
+            report = run_live(LiveSwapper(model, options), source, sink, options.max_frames, labels)
         finally:
             source.close()
         for line in report.format_lines():

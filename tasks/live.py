@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.align import compute_alignment, transform_points, warp_to_crop
-from tasks.composite import CompositeOptions, composite_face
+from tasks.composite import CompositeOptions, paste_face
 from tasks.detect import DlibAnalyzer
 from tasks.live_model import DfmSwapModel
 from tasks.live_options import LiveOptions
@@ -118,11 +118,12 @@ class LiveSwapper:
         with clock.stage("swap"):
             swapped = self.model.swap(crops)
         with clock.stage("merge"):
+            image = image.copy()  # one copy for all faces, pasted in place inside their boxes
             for index, (item, points, matrix) in enumerate(zip(tracked, landmarks, matrices, strict=True)):
                 hull = hull_mask(transform_points(points, matrix), side).astype(np.float32) * np.float32(1 / 255)
                 mask = build_face_mask(self.options.mask_mode, hull, swapped.masks[index], swapped.dst_masks[index])
                 mask = self.mask_smoother.smooth(item.track_id, frame_number, mask)
-                image = composite_face(image, matrix, swapped.faces[index], mask, crops[index], self.composite_options)
+                paste_face(image, matrix, swapped.faces[index], mask, crops[index], self.composite_options)
         return image, len(tracked)
 
 

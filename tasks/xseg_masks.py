@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from model.xseg import XsegNetwork, load_xseg
+from tasks.augment import resize_square
+from tasks.composite import resize_to
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +117,13 @@ class XsegMasker:
             ValueError: a crop is not a square BGR image.
         """
         side = self.resolution
-        resized = [resize_crop(as_float_crop(crop), side) for crop in crops]
+        # cubic enlarging can overshoot [0, 1]
+        resized = [np.clip(resize_square(as_float_crop(crop), side), 0.0, 1.0) for crop in crops]
         if not resized:
             return []
         masks = self.predict_resized(np.ascontiguousarray(np.stack(resized), dtype=np.float32))
-        return [fit_mask(mask, crop.shape[0]) for mask, crop in zip(masks, crops, strict=True)]
+        return [np.clip(resize_to(mask, crop.shape[0], cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32, copy=False)
+                for mask, crop in zip(masks, crops, strict=True)]  # bilinear: masks are smooth
 
 
 def predict_xseg_sources(masker: XsegMasker, mode: str, dst_crops: Sequence[np.ndarray],
@@ -145,21 +149,6 @@ def predict_xseg_sources(masker: XsegMasker, mode: str, dst_crops: Sequence[np.n
     masks = masker.predict([crop for source in sources for crop in inputs[source]])
     count = len(dst_crops)
     return {source: masks[position * count:(position + 1) * count] for position, source in enumerate(sources)}
-
-
-def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
-    """(S, S, 3) -> (size, size, 3): area averaging when shrinking (no aliasing), cubic when enlarging."""
-    if crop.shape[0] == size:
-        return crop
-    interpolation = cv2.INTER_AREA if size < crop.shape[0] else cv2.INTER_CUBIC
-    return np.clip(cv2.resize(crop, (size, size), interpolation=interpolation), 0.0, 1.0)
-
-
-def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(R, R) mask -> (size, size) float32 in [0, 1] (bilinear: masks are smooth)."""
-    if mask.shape[0] != size:
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.clip(mask, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def to_uint8_mask(mask: np.ndarray) -> np.ndarray:
